@@ -1,0 +1,437 @@
+//! Command line: one subcommand per scenario of BENCHMARKS.md (with its parameters as
+//! defaults), plus `compare` and `plot`.
+
+use crate::proto::Target;
+use clap::{Args, Parser, Subcommand};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Load generator for corechat and its peers (BENCHMARKS.md scenarios)",
+    after_help = "Pin like the benchmarks: `taskset -c 0 loadgen fanout --server-pid $(pgrep -n corechat) --out DIR`.\nSee docs/BENCH.md."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// S1: C connections in R rooms (connection i joins room i mod R), one publisher per room,
+    /// total M msg/s: deliveries/s, latency percentiles, loss
+    Fanout(FanoutArgs),
+    /// S1 stepping the rate up: highest deliveries/s with loss < 0.1% and p99 < 100 ms
+    Ramp(RampArgs),
+    /// S2: many small rooms, every connection publishes: p50/p99, server CPU seconds
+    Rooms(RoomsArgs),
+    /// S3: C idle connections joined to R rooms, held H s: server RSS per connection, connect rate
+    Idle(IdleArgs),
+    /// S4: one room of C members, M msg/s: deliveries/s, p99, loss
+    Bigroom(BigroomArgs),
+    /// S5: C clients connect, authenticate and join as fast as possible: handshakes/s, p99
+    Connect(ConnectArgs),
+    /// S6: one connection, ping/pong at R/s: round-trip p50/p99
+    Rtt(RttArgs),
+    /// Run a tiny built-in corechat-compatible server (batched writes) to measure the load
+    /// generator's own ceiling: `taskset -c 1 loadgen mock-server & taskset -c 0 loadgen fanout ...`
+    MockServer {
+        #[arg(long, default_value = "127.0.0.1:8099")]
+        listen: std::net::SocketAddr,
+        /// Require JWTs signed with this secret
+        #[arg(long, env = "LOADGEN_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
+        /// Flush queued frames every N ms (bigger batches, fewer syscalls)
+        #[arg(long, default_value_t = 1)]
+        flush_ms: u64,
+    },
+    /// Print the figures and percentiles of two result directories side by side with ratios
+    Compare {
+        /// Baseline result directory (with summary.json and *.hgrm)
+        old: PathBuf,
+        /// New result directory
+        new: PathBuf,
+    },
+    /// Print the key figures of several result directories side by side, one table per scenario
+    /// (row label: the name of each directory's parent)
+    Table {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// GitHub-flavoured markdown
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Draw latency-percentile curves of several runs on one SVG chart
+    Plot {
+        /// Result directories (or .hgrm files)
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Output SVG file
+        #[arg(long)]
+        svg: PathBuf,
+        /// Histogram to draw (file stem, e.g. latency, rtt, handshake); default: the run's primary
+        #[arg(long)]
+        hist: Option<String>,
+        /// Chart title
+        #[arg(long)]
+        title: Option<String>,
+        /// Logarithmic latency axis
+        #[arg(long)]
+        log_y: bool,
+    },
+}
+
+/// Options shared by every scenario.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// WebSocket URL of the server (socketio: the path defaults to /socket.io/?EIO=4&transport=websocket)
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws", env = "LOADGEN_URL")]
+    pub url: String,
+    /// Protocol dialect of the server
+    #[arg(long, value_enum, default_value_t = Target::Corechat)]
+    pub target: Target,
+    /// HS256 secret: mint one JWT per connection (sub = lg-<n>), sent as ?token=
+    #[arg(long, env = "LOADGEN_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Use this token for every connection (takes precedence over --jwt-secret)
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Lifetime (exp - iat) of minted tokens, seconds
+    #[arg(long, default_value_t = 86_400)]
+    pub jwt_ttl: u64,
+    /// Event-loop threads (each pinned to one of the allowed cores)
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Spread sockets over these loopback source addresses, e.g. 127.0.0.2-127.0.0.50 (bound before connect)
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    /// Connections being set up at once (TCP connect + upgrade + welcome + join)
+    #[arg(long, default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// Give up on a connection that is not joined after this many seconds
+    #[arg(long, default_value_t = 30.0)]
+    pub connect_timeout: f64,
+    /// Server process id: sample its CPU time and RSS/HWM from /proc
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Server command line/flags, recorded in summary.json
+    #[arg(long)]
+    pub server_flags: Option<String>,
+    /// Write summary.json, *.hgrm and an interval log here
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// After a measurement window, wait up to this many seconds for its deliveries
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// Per-thread read buffer, bytes
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub read_buf: usize,
+    /// Do not pin worker threads to cores
+    #[arg(long)]
+    pub no_pin: bool,
+    /// No progress bars
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Flag the load generator as saturated above this CPU % of one of its threads
+    #[arg(long, default_value_t = 90.0)]
+    pub saturation_pct: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections (C)
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Rooms (R)
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Total publish rate (M), msg/s
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Body size (B), bytes of JSON
+    #[arg(long, default_value_t = 64)]
+    pub body: usize,
+    /// Measurement, seconds
+    #[arg(long, default_value_t = 15.0)]
+    pub duration: f64,
+    /// Warm-up before measuring, seconds
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RampArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Publish rates to step through, msg/s
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "200,400,800,1600,3200,6400,12800"
+    )]
+    pub rates: Vec<f64>,
+    /// Seconds per step
+    #[arg(long, default_value_t = 8.0)]
+    pub step_secs: f64,
+    #[arg(long, default_value_t = 64)]
+    pub body: usize,
+    /// Warm-up at the first rate, seconds
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// A step passes with p99 below this (ms)
+    #[arg(long, default_value_t = 100.0)]
+    pub max_p99_ms: f64,
+    /// ... and loss below this (%)
+    #[arg(long, default_value_t = 0.1)]
+    pub max_loss_pct: f64,
+    /// Keep stepping after a failed step
+    #[arg(long)]
+    pub all_steps: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RoomsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 5000)]
+    pub conns: usize,
+    #[arg(long, default_value_t = 500)]
+    pub rooms: usize,
+    /// Total publish rate over all connections, msg/s
+    #[arg(long, default_value_t = 5000.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 64)]
+    pub body: usize,
+    #[arg(long, default_value_t = 15.0)]
+    pub duration: f64,
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 19000)]
+    pub conns: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub rooms: usize,
+    /// Hold the connections this many seconds before sampling the server
+    #[arg(long, default_value_t = 5.0)]
+    pub hold: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BigroomArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 19000)]
+    pub conns: usize,
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 64)]
+    pub body: usize,
+    #[arg(long, default_value_t = 15.0)]
+    pub duration: f64,
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 10000)]
+    pub conns: usize,
+    /// Rooms joined (connection i joins room i mod R)
+    #[arg(long, default_value_t = 1000)]
+    pub rooms: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RttArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+    /// Pings per second (over all connections)
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Use WebSocket ping/pong control frames instead of {"type":"ping"} (always so for peers)
+    #[arg(long)]
+    pub ws_ping: bool,
+}
+
+/// A parsed ws:// URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsUrl {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl WsUrl {
+    pub fn parse(url: &str) -> anyhow::Result<WsUrl> {
+        let rest = if let Some(r) = url.strip_prefix("ws://") {
+            r
+        } else if url.starts_with("wss://") {
+            anyhow::bail!("wss:// is not supported (benchmarks run over plain loopback TCP)")
+        } else if let Some(r) = url.strip_prefix("http://") {
+            r
+        } else {
+            url
+        };
+        let (hostport, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/ws"),
+        };
+        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+            let (h, p) = h
+                .split_once(']')
+                .ok_or_else(|| anyhow::anyhow!("bad IPv6 host in {url}"))?;
+            (h.to_string(), p.strip_prefix(':').unwrap_or(""))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p),
+                None => (hostport.to_string(), ""),
+            }
+        };
+        let port = if port.is_empty() { 80 } else { port.parse()? };
+        anyhow::ensure!(!host.is_empty(), "no host in {url}");
+        Ok(WsUrl {
+            host,
+            port,
+            path: path.to_string(),
+        })
+    }
+
+    pub fn host_header(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    pub fn resolve(&self) -> anyhow::Result<SocketAddr> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", self.host))
+    }
+}
+
+/// Parse `127.0.0.2-127.0.0.50,127.0.1.1` into a list of addresses.
+pub fn parse_source_ips(s: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: Ipv4Addr = a.trim().parse()?;
+            let b: Ipv4Addr = b.trim().parse()?;
+            let (a, b) = (u32::from(a), u32::from(b));
+            anyhow::ensure!(a <= b, "empty range {part}");
+            anyhow::ensure!(b - a < 1 << 20, "range too large: {part}");
+            out.extend((a..=b).map(|v| IpAddr::V4(Ipv4Addr::from(v))));
+        } else {
+            out.push(part.parse()?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn scenario_defaults_match_benchmarks_md() {
+        let c = Cli::parse_from(["loadgen", "fanout"]);
+        let Cmd::Fanout(a) = c.cmd else { panic!() };
+        assert_eq!((a.conns, a.rooms, a.rate, a.body), (1000, 1, 100.0, 64));
+        assert_eq!((a.duration, a.warmup), (15.0, 3.0));
+        assert_eq!(a.common.url, "ws://127.0.0.1:8080/ws");
+        assert_eq!(a.common.threads, 1);
+        let Cmd::Rooms(a) = Cli::parse_from(["loadgen", "rooms"]).cmd else {
+            panic!()
+        };
+        assert_eq!((a.conns, a.rooms, a.rate), (5000, 500, 5000.0));
+        let Cmd::Idle(a) = Cli::parse_from(["loadgen", "idle"]).cmd else {
+            panic!()
+        };
+        assert_eq!((a.conns, a.rooms, a.hold), (19000, 1000, 5.0));
+        let Cmd::Bigroom(a) = Cli::parse_from(["loadgen", "bigroom"]).cmd else {
+            panic!()
+        };
+        assert_eq!((a.conns, a.rate), (19000, 20.0));
+        let Cmd::Connect(a) = Cli::parse_from(["loadgen", "connect"]).cmd else {
+            panic!()
+        };
+        assert_eq!(a.conns, 10000);
+        let Cmd::Rtt(a) = Cli::parse_from(["loadgen", "rtt"]).cmd else {
+            panic!()
+        };
+        assert_eq!((a.conns, a.rate, a.duration), (1, 1000.0, 10.0));
+        let Cmd::Ramp(a) = Cli::parse_from(["loadgen", "ramp", "--rates", "200,400"]).cmd else {
+            panic!()
+        };
+        assert_eq!(a.rates, vec![200.0, 400.0]);
+        assert_eq!(a.step_secs, 8.0);
+    }
+
+    #[test]
+    fn urls() {
+        let u = WsUrl::parse("ws://127.0.0.1:9101/ws").unwrap();
+        assert_eq!(
+            u,
+            WsUrl {
+                host: "127.0.0.1".into(),
+                port: 9101,
+                path: "/ws".into()
+            }
+        );
+        assert_eq!(u.host_header(), "127.0.0.1:9101");
+        let u = WsUrl::parse("ws://localhost:8080/ws?x=1").unwrap();
+        assert_eq!(u.path, "/ws?x=1");
+        let u = WsUrl::parse("ws://[::1]:8080").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 8080, "/ws")
+        );
+        assert_eq!(u.host_header(), "[::1]:8080");
+        assert!(WsUrl::parse("wss://x/ws").is_err());
+    }
+
+    #[test]
+    fn source_ip_ranges() {
+        let v = parse_source_ips("127.0.0.2-127.0.0.4, 127.0.1.1").unwrap();
+        assert_eq!(
+            v,
+            ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.1.1"]
+                .iter()
+                .map(|s| s.parse::<IpAddr>().unwrap())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(parse_source_ips("127.0.0.255-127.0.1.1").unwrap().len(), 3);
+        assert!(parse_source_ips("127.0.0.5-127.0.0.4").is_err());
+    }
+}

@@ -1,0 +1,1240 @@
+//! The load generator's event loops: one `mio` poll per worker thread (pinned to a core), each
+//! owning its share of the connections (connection `i` belongs to thread `i % threads`).
+//!
+//! Hot path: one large per-thread read buffer; every readable event reads as much as the socket
+//! holds, parses every complete frame in place, and keeps only a trailing partial frame in the
+//! connection. Received messages cost a few substring searches, a seq check and two histogram
+//! records; nothing is allocated per frame.
+//!
+//! Coordination with the driver thread is through atomics in [`Shared`] (phase, per-thread
+//! publish rate, current measurement window, collect/tick requests) and a channel of
+//! [`Report`]s going back.
+
+use crate::jwt::Minter;
+use crate::proto::{self, Classifier, In, Stage, Target};
+use crate::seq::{SeqCheck, SeqStats, SeqTracker};
+use crate::stats::{new_hist, record_ns, Hist};
+use crate::sys::{mono_ns, thread_cpu_ns, unix_ms};
+use crate::ws::{self, Parsed, Upgrade};
+use base64::Engine as _;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::*};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+pub const PHASE_CONNECT: u8 = 0;
+pub const PHASE_RUN: u8 = 1;
+pub const PHASE_STOP: u8 = 2;
+
+/// Measurement windows are numbered 1..MAX_WINDOWS; 0 means "not measured" (warm-up).
+pub const MAX_WINDOWS: usize = 64;
+
+/// Publishing falls behind by more than this many messages: skip them instead of bursting.
+const MAX_BACKLOG: u64 = 10_000;
+
+#[derive(Clone)]
+pub enum Auth {
+    None,
+    Token(String),
+    Secret { minter: Minter, ttl_secs: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Publish to rooms: connection `r` publishes for room `r` (`all_publish` = every
+    /// connection publishes for its own room).
+    Traffic { all_publish: bool },
+    /// Round trips: `ping` requests (or WebSocket pings) from every connection.
+    Ping,
+    /// Connect and join only.
+    Idle,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub target: Target,
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+    pub auth: Auth,
+    pub conns: usize,
+    pub rooms: usize,
+    pub threads: usize,
+    pub source_ips: Vec<IpAddr>,
+    pub max_in_flight: usize,
+    pub connect_timeout: Duration,
+    pub mode: Mode,
+    pub body: usize,
+    pub read_buf: usize,
+    pub pin: bool,
+    /// Use WebSocket ping/pong control frames for RTT even if the target has JSON ping.
+    pub ws_ping: bool,
+}
+
+impl Config {
+    /// Room of connection `i`.
+    pub fn room_of(&self, i: usize) -> u32 {
+        (i % self.rooms.max(1)) as u32
+    }
+    pub fn is_publisher(&self, i: usize) -> bool {
+        match self.mode {
+            Mode::Traffic { all_publish: true } | Mode::Ping => true,
+            Mode::Traffic { all_publish: false } => i < self.rooms,
+            Mode::Idle => false,
+        }
+    }
+}
+
+/// Per-thread live counters, readable by the driver at any time.
+#[repr(align(128))]
+pub struct ThreadShared {
+    pub opened: AtomicU64,
+    pub ready: AtomicU64,
+    pub failed: AtomicU64,
+    pub disconnected: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub published: AtomicU64,
+    pub cpu_ns: AtomicU64,
+    /// Publish rate for this thread in milli-messages per second; applied when `rate_gen` changes.
+    pub rate_milli: AtomicU64,
+    pub rate_gen: AtomicU64,
+    pub expected: [AtomicU64; MAX_WINDOWS],
+    pub received: [AtomicU64; MAX_WINDOWS],
+}
+
+impl Default for ThreadShared {
+    fn default() -> Self {
+        ThreadShared {
+            opened: AtomicU64::new(0),
+            ready: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            disconnected: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            cpu_ns: AtomicU64::new(0),
+            rate_milli: AtomicU64::new(0),
+            rate_gen: AtomicU64::new(0),
+            expected: std::array::from_fn(|_| AtomicU64::new(0)),
+            received: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+pub struct Shared {
+    pub phase: AtomicU8,
+    pub window: AtomicU32,
+    pub collect_upto: AtomicU32,
+    pub tick: AtomicU64,
+    pub members: OnceLock<Vec<u32>>,
+    pub threads: Vec<ThreadShared>,
+}
+
+impl Shared {
+    pub fn new(threads: usize) -> Shared {
+        Shared {
+            phase: AtomicU8::new(PHASE_CONNECT),
+            window: AtomicU32::new(0),
+            collect_upto: AtomicU32::new(0),
+            tick: AtomicU64::new(0),
+            members: OnceLock::new(),
+            threads: (0..threads).map(|_| ThreadShared::default()).collect(),
+        }
+    }
+
+    pub fn sum(&self, f: impl Fn(&ThreadShared) -> &AtomicU64) -> u64 {
+        self.threads.iter().map(|t| f(t).load(Relaxed)).sum()
+    }
+
+    /// Set every thread's share of a total publish rate (msg/s), given each thread's number of
+    /// publishing connections.
+    pub fn set_rate(&self, total: f64, publishers: &[usize]) {
+        let all: usize = publishers.iter().sum();
+        for (t, ts) in self.threads.iter().enumerate() {
+            let r = if all == 0 {
+                0.0
+            } else {
+                total * publishers[t] as f64 / all as f64
+            };
+            ts.rate_milli.store((r * 1000.0) as u64, Relaxed);
+            ts.rate_gen.fetch_add(1, Release);
+        }
+    }
+}
+
+pub struct ConnectReport {
+    pub thread: usize,
+    pub per_room: Vec<u32>,
+    pub publishers: usize,
+    pub ready: u64,
+    pub failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub hs_total: Hist,
+    pub hs_tcp: Hist,
+    pub hs_upgrade: Hist,
+    pub first_start_ns: u64,
+    pub last_ready_ns: u64,
+    /// This thread's CPU time when it finished connecting (ns).
+    pub cpu_ns: u64,
+}
+
+pub struct WinStats {
+    pub hist: Hist,
+    pub expected: u64,
+    pub received: u64,
+    pub published: u64,
+    pub seq: SeqStats,
+    collected: bool,
+}
+
+impl WinStats {
+    pub fn new() -> WinStats {
+        WinStats {
+            hist: new_hist(),
+            expected: 0,
+            received: 0,
+            published: 0,
+            seq: SeqStats::default(),
+            collected: false,
+        }
+    }
+    pub fn merge(&mut self, o: &WinStats) {
+        let _ = self.hist.add(&o.hist);
+        self.expected += o.expected;
+        self.received += o.received;
+        self.published += o.published;
+        self.seq.merge(&o.seq);
+    }
+}
+
+impl Default for WinStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Default)]
+pub struct FinalReport {
+    pub thread: usize,
+    pub deliveries: u64,
+    pub published: u64,
+    pub acks: u64,
+    pub pongs: u64,
+    /// Deliveries of a window that arrived after it had been collected.
+    pub late: u64,
+    /// Messages whose body carried no send time.
+    pub untimed: u64,
+    pub publish_skipped: u64,
+    pub seq_other: SeqStats,
+    pub errors: BTreeMap<String, u64>,
+    pub disconnects: BTreeMap<String, u64>,
+    pub other_frames: u64,
+    pub cpu_ns: u64,
+}
+
+pub enum Report {
+    Connected(Box<ConnectReport>),
+    /// Latencies recorded since the previous tick, for one window (0 = outside windows).
+    Tick {
+        thread: usize,
+        tick: u64,
+        window: u32,
+        hist: Box<Hist>,
+    },
+    Window {
+        thread: usize,
+        window: u32,
+        stats: Box<WinStats>,
+    },
+    Final(Box<FinalReport>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum St {
+    New,
+    Connecting,
+    Upgrading,
+    Welcome,
+    EioOpen,
+    SioConnect,
+    Joining,
+    Ready,
+    Closed,
+}
+
+struct Conn {
+    stream: Option<TcpStream>,
+    st: St,
+    room: u32,
+    publisher: bool,
+    seq: SeqTracker,
+    /// Cached offset of the seq value in this connection's message frames.
+    seq_hint: u16,
+    t_start: u64,
+    t_tcp: u64,
+    t_up: u64,
+    /// Bytes of an incomplete frame left over from the last read.
+    pending: Vec<u8>,
+    /// Bytes not yet accepted by the socket.
+    out: Vec<u8>,
+    /// Reassembly of a fragmented message.
+    frag: Option<Vec<u8>>,
+}
+
+type Reason = Cow<'static, str>;
+
+pub struct Worker {
+    id: usize,
+    cfg: Arc<Config>,
+    sh: Arc<Shared>,
+    tx: Sender<Report>,
+    poll: Poll,
+    cls: Classifier,
+    t_hint: u32,
+    conns: Vec<Conn>,
+    rbuf: Vec<u8>,
+    pbuf: Vec<u8>,
+    fbuf: Vec<u8>,
+    rng: u64,
+    now: u64,
+    iat: u64,
+    // connect phase
+    next_open: usize,
+    in_flight: usize,
+    in_flight_q: VecDeque<u32>,
+    max_in_flight: usize,
+    connect_reported: bool,
+    ready: u64,
+    failed: u64,
+    per_room: Vec<u32>,
+    failures: BTreeMap<String, u64>,
+    hs_total: Hist,
+    hs_tcp: Hist,
+    hs_upgrade: Hist,
+    first_start_ns: u64,
+    last_ready_ns: u64,
+    // run
+    members: Option<Vec<u32>>,
+    publishers: Vec<u32>,
+    rr: usize,
+    rate: f64,
+    rate_gen: u64,
+    rate_epoch: u64,
+    rate_sent: u64,
+    next_id: u64,
+    cur_window: u32,
+    max_window: u32,
+    windows: Vec<WinStats>,
+    collected_upto: u32,
+    tick: u64,
+    /// Latencies since the last tick, per window (each delivery is recorded once).
+    tick_hists: Vec<Option<Box<Hist>>>,
+    ping_ring: Vec<(u64, u64, u32)>,
+    last_cpu_sample: u64,
+    fin: FinalReport,
+}
+
+/// Start worker `id` on its own thread.
+pub fn spawn(
+    id: usize,
+    cfg: Arc<Config>,
+    sh: Arc<Shared>,
+    tx: Sender<Report>,
+    core: Option<core_affinity::CoreId>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("loadgen-{id}"))
+        .spawn(move || {
+            if let Some(c) = core {
+                core_affinity::set_for_current(c);
+            }
+            let w = Worker::new(id, cfg, sh, tx).expect("create worker poll");
+            w.run();
+        })
+        .expect("spawn worker thread")
+}
+
+/// Write as much as the socket takes; returns bytes written and a fatal error if any.
+fn write_some(s: &mut TcpStream, data: &[u8]) -> (usize, Option<Reason>) {
+    let mut off = 0;
+    while off < data.len() {
+        match s.write(&data[off..]) {
+            Ok(0) => break,
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return (off, Some(io_reason(&e))),
+        }
+    }
+    (off, None)
+}
+
+fn io_reason(e: &io::Error) -> Reason {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "connection refused".into(),
+        Some(libc::ECONNRESET) => "connection reset".into(),
+        Some(libc::EPIPE) => "broken pipe".into(),
+        Some(libc::ETIMEDOUT) => "tcp timeout".into(),
+        Some(libc::EMFILE) => "EMFILE (too many open files)".into(),
+        Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL (out of ports)".into(),
+        Some(libc::EADDRINUSE) => "EADDRINUSE".into(),
+        _ => format!("io: {e}").into(),
+    }
+}
+
+impl Worker {
+    fn new(id: usize, cfg: Arc<Config>, sh: Arc<Shared>, tx: Sender<Report>) -> io::Result<Worker> {
+        let t = cfg.threads.max(1);
+        let n_local = (cfg.conns + t - 1 - id.min(cfg.conns)) / t;
+        let n_local = if id < cfg.conns { n_local } else { 0 };
+        let conns = (0..n_local)
+            .map(|j| {
+                let i = id + j * t;
+                Conn {
+                    stream: None,
+                    st: St::New,
+                    room: cfg.room_of(i),
+                    publisher: cfg.is_publisher(i),
+                    seq: SeqTracker::default(),
+                    seq_hint: 0,
+                    t_start: 0,
+                    t_tcp: 0,
+                    t_up: 0,
+                    pending: Vec::new(),
+                    out: Vec::new(),
+                    frag: None,
+                }
+            })
+            .collect();
+        let max_in_flight = cfg.max_in_flight.div_ceil(t).max(1);
+        Ok(Worker {
+            id,
+            poll: Poll::new()?,
+            cls: Classifier::new(cfg.target),
+            t_hint: 0,
+            conns,
+            rbuf: vec![0; cfg.read_buf.max(4096)],
+            pbuf: Vec::with_capacity(1024),
+            fbuf: Vec::with_capacity(1024),
+            rng: mono_ns() ^ ((id as u64 + 1) * 0x9E37_79B9_7F4A_7C15),
+            now: mono_ns(),
+            iat: unix_ms() / 1000,
+            next_open: 0,
+            in_flight: 0,
+            in_flight_q: VecDeque::new(),
+            max_in_flight,
+            connect_reported: false,
+            ready: 0,
+            failed: 0,
+            per_room: vec![0; cfg.rooms.max(1)],
+            failures: BTreeMap::new(),
+            hs_total: new_hist(),
+            hs_tcp: new_hist(),
+            hs_upgrade: new_hist(),
+            first_start_ns: 0,
+            last_ready_ns: 0,
+            members: None,
+            publishers: Vec::new(),
+            rr: 0,
+            rate: 0.0,
+            rate_gen: 0,
+            rate_epoch: 0,
+            rate_sent: 0,
+            next_id: 1,
+            cur_window: 0,
+            max_window: 0,
+            windows: (0..MAX_WINDOWS).map(|_| WinStats::new()).collect(),
+            collected_upto: 0,
+            tick: 0,
+            tick_hists: (0..MAX_WINDOWS).map(|_| None).collect(),
+            ping_ring: vec![(0, 0, 0); 4096],
+            last_cpu_sample: 0,
+            fin: FinalReport {
+                thread: id,
+                ..Default::default()
+            },
+            cfg,
+            sh,
+            tx,
+        })
+    }
+
+    #[inline]
+    fn ts(&self) -> &ThreadShared {
+        &self.sh.threads[self.id]
+    }
+
+    fn rand(&mut self) -> u64 {
+        // xorshift64*
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                panic!("poll: {e}");
+            }
+            self.now = mono_ns();
+            for ev in events.iter() {
+                let slot = ev.token().0;
+                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                self.on_event(slot, readable, ev.is_writable());
+            }
+            if !self.control() {
+                break;
+            }
+        }
+        self.send_ticks(self.tick + 1);
+        self.fin.cpu_ns = thread_cpu_ns();
+        let fin = std::mem::take(&mut self.fin);
+        let _ = self.tx.send(Report::Final(Box::new(fin)));
+    }
+
+    fn timeout(&self) -> Duration {
+        let max = Duration::from_millis(5);
+        if self.rate <= 0.0 || self.publishers.is_empty() {
+            return max;
+        }
+        let next = self.rate_epoch + (self.rate_sent as f64 * 1e9 / self.rate) as u64;
+        let now = mono_ns();
+        if next <= now {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(next - now).min(max)
+        }
+    }
+
+    // ---------------------------------------------------------------- control
+
+    fn control(&mut self) -> bool {
+        let phase = self.sh.phase.load(Acquire);
+        if phase == PHASE_STOP {
+            return false;
+        }
+        if !self.connect_reported {
+            self.open_more();
+            self.check_timeouts();
+            if self.next_open == self.conns.len() && self.in_flight == 0 {
+                self.report_connected();
+            }
+        }
+        if phase == PHASE_RUN && self.members.is_none() {
+            self.members = self.sh.members.get().cloned();
+        }
+        let g = self.ts().rate_gen.load(Acquire);
+        if g != self.rate_gen {
+            self.rate_gen = g;
+            self.rate = self.ts().rate_milli.load(Relaxed) as f64 / 1000.0;
+            self.rate_epoch = self.now;
+            self.rate_sent = 0;
+        }
+        self.cur_window = self.sh.window.load(Acquire).min(MAX_WINDOWS as u32 - 1);
+        self.max_window = self.max_window.max(self.cur_window);
+        if phase == PHASE_RUN && self.members.is_some() {
+            self.publish_due();
+        }
+        let cu = self
+            .sh
+            .collect_upto
+            .load(Acquire)
+            .min(MAX_WINDOWS as u32 - 1);
+        while self.collected_upto < cu {
+            self.collected_upto += 1;
+            let w = self.collected_upto as usize;
+            let mut st = std::mem::take(&mut self.windows[w]);
+            if let Some(h) = self.tick_hists[w].take() {
+                st.hist = *h;
+            }
+            st.collected = true;
+            self.windows[w].collected = true;
+            let _ = self.tx.send(Report::Window {
+                thread: self.id,
+                window: w as u32,
+                stats: Box::new(st),
+            });
+        }
+        let tk = self.sh.tick.load(Acquire);
+        if tk != self.tick {
+            self.tick = tk;
+            self.send_ticks(tk);
+        }
+        // publish live counters
+        let ts = &self.sh.threads[self.id];
+        ts.deliveries.store(self.fin.deliveries, Relaxed);
+        ts.published.store(self.fin.published, Relaxed);
+        for w in (self.collected_upto as usize + 1)..=(self.max_window as usize) {
+            ts.expected[w].store(self.windows[w].expected, Relaxed);
+            ts.received[w].store(self.windows[w].received, Relaxed);
+        }
+        if self.now.saturating_sub(self.last_cpu_sample) > 50_000_000 {
+            self.last_cpu_sample = self.now;
+            ts.cpu_ns.store(thread_cpu_ns(), Relaxed);
+            // also refresh counters of all uncollected windows (cheap, at most 64)
+            for w in (self.collected_upto as usize + 1)..MAX_WINDOWS {
+                ts.expected[w].store(self.windows[w].expected, Relaxed);
+                ts.received[w].store(self.windows[w].received, Relaxed);
+            }
+        }
+        true
+    }
+
+    fn send_ticks(&mut self, tick: u64) {
+        for w in 0..MAX_WINDOWS {
+            if let Some(h) = self.tick_hists[w].take() {
+                if !h.is_empty() {
+                    let _ = self.tx.send(Report::Tick {
+                        thread: self.id,
+                        tick,
+                        window: w as u32,
+                        hist: h,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Record a latency (ns) for window `w` (0 = outside windows).
+    #[inline]
+    fn record(&mut self, w: usize, ns: u64) {
+        let h = self.tick_hists[w].get_or_insert_with(|| Box::new(new_hist()));
+        record_ns(h, ns);
+    }
+
+    fn report_connected(&mut self) {
+        self.connect_reported = true;
+        let publishers = self.publishers.len();
+        let rep = ConnectReport {
+            thread: self.id,
+            per_room: std::mem::take(&mut self.per_room),
+            publishers,
+            ready: self.ready,
+            failed: self.failed,
+            failures: std::mem::take(&mut self.failures),
+            hs_total: std::mem::replace(&mut self.hs_total, new_hist()),
+            hs_tcp: std::mem::replace(&mut self.hs_tcp, new_hist()),
+            hs_upgrade: std::mem::replace(&mut self.hs_upgrade, new_hist()),
+            first_start_ns: self.first_start_ns,
+            last_ready_ns: self.last_ready_ns,
+            cpu_ns: thread_cpu_ns(),
+        };
+        let _ = self.tx.send(Report::Connected(Box::new(rep)));
+    }
+
+    // ---------------------------------------------------------------- connecting
+
+    fn open_more(&mut self) {
+        while self.next_open < self.conns.len() && self.in_flight < self.max_in_flight {
+            let slot = self.next_open;
+            self.next_open += 1;
+            self.open(slot);
+        }
+    }
+
+    fn check_timeouts(&mut self) {
+        let limit = self.cfg.connect_timeout.as_nanos() as u64;
+        while let Some(&slot) = self.in_flight_q.front() {
+            let c = &self.conns[slot as usize];
+            if matches!(c.st, St::Ready | St::Closed) {
+                self.in_flight_q.pop_front();
+                continue;
+            }
+            if self.now.saturating_sub(c.t_start) > limit {
+                self.in_flight_q.pop_front();
+                let why: Reason = match c.st {
+                    St::Connecting => "timeout: tcp connect".into(),
+                    St::Upgrading => "timeout: http upgrade".into(),
+                    St::Welcome | St::EioOpen | St::SioConnect => "timeout: welcome".into(),
+                    _ => "timeout: join".into(),
+                };
+                self.close(slot as usize, why);
+                continue;
+            }
+            break;
+        }
+    }
+
+    fn global_index(&self, slot: usize) -> usize {
+        self.id + slot * self.cfg.threads.max(1)
+    }
+
+    fn open(&mut self, slot: usize) {
+        let i = self.global_index(slot);
+        let now = mono_ns();
+        if self.first_start_ns == 0 {
+            self.first_start_ns = now;
+        }
+        self.conns[slot].t_start = now;
+        self.conns[slot].st = St::Connecting;
+        self.in_flight += 1;
+        self.in_flight_q.push_back(slot as u32);
+        self.sh.threads[self.id].opened.fetch_add(1, Relaxed);
+        match self.connect_socket(i) {
+            Ok(mut s) => {
+                if let Err(e) = self.poll.registry().register(
+                    &mut s,
+                    Token(slot),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    self.close(slot, io_reason(&e));
+                    return;
+                }
+                self.conns[slot].stream = Some(s);
+            }
+            Err(e) => self.close(slot, io_reason(&e)),
+        }
+    }
+
+    fn connect_socket(&self, i: usize) -> io::Result<TcpStream> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let addr = self.cfg.addr;
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_nonblocking(true)?;
+        sock.set_tcp_nodelay(true)?;
+        if !self.cfg.source_ips.is_empty() {
+            let ip = self.cfg.source_ips[i % self.cfg.source_ips.len()];
+            // let the kernel pick the port at connect() time, per (src, dst) 4-tuple
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt with a valid fd and an int option value.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&sock),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    &one as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+            sock.bind(&SocketAddr::new(ip, 0).into())?;
+        }
+        match sock.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(TcpStream::from_std(sock.into()))
+    }
+
+    fn on_connected(&mut self, slot: usize) -> bool {
+        let s = self.conns[slot].stream.as_ref().expect("stream");
+        match s.take_error() {
+            Ok(Some(e)) | Err(e) => {
+                self.close(slot, io_reason(&e));
+                return false;
+            }
+            Ok(None) => {}
+        }
+        match s.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return false,
+            Err(e) => {
+                self.close(slot, io_reason(&e));
+                return false;
+            }
+        }
+        let i = self.global_index(slot);
+        let c = &mut self.conns[slot];
+        c.t_tcp = mono_ns();
+        c.st = St::Upgrading;
+        let token: Option<Cow<str>> = match &self.cfg.auth {
+            Auth::None => None,
+            Auth::Token(t) => Some(Cow::Borrowed(t.as_str())),
+            Auth::Secret { minter, ttl_secs } => Some(Cow::Owned(minter.mint(
+                &format!("lg-{i}"),
+                self.iat,
+                Some(self.iat + ttl_secs),
+            ))),
+        };
+        let path = match token {
+            None => self.cfg.path.clone(),
+            Some(t) => {
+                let sep = if self.cfg.path.contains('?') {
+                    '&'
+                } else {
+                    '?'
+                };
+                format!("{}{sep}token={t}", self.cfg.path)
+            }
+        };
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&self.rand().to_ne_bytes());
+        key[8..].copy_from_slice(&self.rand().to_ne_bytes());
+        let key = base64::engine::general_purpose::STANDARD.encode(key);
+        let mut req = std::mem::take(&mut self.fbuf);
+        req.clear();
+        ws::upgrade_request(&mut req, &path, &self.cfg.host, &key);
+        self.write_out(slot, &req);
+        self.fbuf = req;
+        true
+    }
+
+    fn on_joined(&mut self, slot: usize, seq: Option<u64>) {
+        let now = self.now;
+        let c = &mut self.conns[slot];
+        c.st = St::Ready;
+        c.seq = SeqTracker::from_joined(seq);
+        let (t_start, t_tcp, t_up, room, publisher) =
+            (c.t_start, c.t_tcp, c.t_up, c.room, c.publisher);
+        self.in_flight -= 1;
+        self.ready += 1;
+        self.per_room[room as usize] += 1;
+        record_ns(&mut self.hs_total, now - t_start);
+        record_ns(&mut self.hs_tcp, t_tcp - t_start);
+        record_ns(&mut self.hs_upgrade, t_up - t_start);
+        self.last_ready_ns = now;
+        self.sh.threads[self.id].ready.fetch_add(1, Relaxed);
+        if publisher {
+            self.publishers.push(slot as u32);
+        }
+    }
+
+    // ---------------------------------------------------------------- I/O
+
+    fn on_event(&mut self, slot: usize, readable: bool, writable: bool) {
+        if slot >= self.conns.len() {
+            return;
+        }
+        match self.conns[slot].st {
+            St::New | St::Closed => return,
+            St::Connecting => {
+                if !self.on_connected(slot) {
+                    return;
+                }
+            }
+            _ => {
+                if writable && !self.conns[slot].out.is_empty() {
+                    self.flush(slot);
+                }
+            }
+        }
+        if readable {
+            self.on_readable(slot);
+        }
+    }
+
+    /// Write to the connection, queueing what the socket does not take.
+    fn write_out(&mut self, slot: usize, data: &[u8]) {
+        let c = &mut self.conns[slot];
+        let Some(s) = c.stream.as_mut() else { return };
+        if !c.out.is_empty() {
+            c.out.extend_from_slice(data);
+            return;
+        }
+        let (off, err) = write_some(s, data);
+        if let Some(e) = err {
+            self.close(slot, e);
+            return;
+        }
+        if off < data.len() {
+            c.out.extend_from_slice(&data[off..]);
+        }
+    }
+
+    fn flush(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        let Some(s) = c.stream.as_mut() else { return };
+        let (off, err) = write_some(s, &c.out);
+        if let Some(e) = err {
+            self.close(slot, e);
+            return;
+        }
+        c.out.drain(..off);
+    }
+
+    fn send_frame(&mut self, slot: usize, opcode: u8, payload: &[u8]) {
+        let mask = (self.rand() as u32).to_ne_bytes();
+        let mut f = std::mem::take(&mut self.fbuf);
+        f.clear();
+        ws::encode_frame(&mut f, opcode, payload, mask);
+        self.write_out(slot, &f);
+        self.fbuf = f;
+    }
+
+    /// Send `self.pbuf` as a text frame.
+    fn send_pbuf(&mut self, slot: usize) {
+        let p = std::mem::take(&mut self.pbuf);
+        self.send_frame(slot, ws::OP_TEXT, &p);
+        self.pbuf = p;
+    }
+
+    fn close(&mut self, slot: usize, why: Reason) {
+        let c = &mut self.conns[slot];
+        let prev = c.st;
+        if prev == St::Closed {
+            return;
+        }
+        c.st = St::Closed;
+        if let Some(mut s) = c.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        c.pending = Vec::new();
+        c.out = Vec::new();
+        c.frag = None;
+        if prev == St::Ready {
+            *self.fin.disconnects.entry(why.into_owned()).or_default() += 1;
+            self.sh.threads[self.id].disconnected.fetch_add(1, Relaxed);
+        } else {
+            self.in_flight = self.in_flight.saturating_sub(1);
+            self.failed += 1;
+            *self.failures.entry(why.into_owned()).or_default() += 1;
+            self.sh.threads[self.id].failed.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn on_readable(&mut self, slot: usize) {
+        let mut buf = std::mem::take(&mut self.rbuf);
+        let mut filled = 0;
+        {
+            let c = &mut self.conns[slot];
+            let n = c.pending.len();
+            if n > 0 {
+                if n >= buf.len() {
+                    buf.resize((n + 1).next_power_of_two(), 0);
+                }
+                buf[..n].copy_from_slice(&c.pending);
+                c.pending.clear();
+                filled = n;
+            }
+        }
+        let mut closed: Option<Reason> = None;
+        loop {
+            if filled == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            let space = buf.len() - filled;
+            let r = match self.conns[slot].stream.as_mut() {
+                Some(s) => s.read(&mut buf[filled..]),
+                None => break,
+            };
+            match r {
+                Ok(0) => {
+                    closed = Some("eof".into());
+                    break;
+                }
+                Ok(n) => {
+                    filled += n;
+                    self.now = mono_ns();
+                    match self.process(slot, &buf[..filled]) {
+                        Ok(used) => {
+                            buf.copy_within(used..filled, 0);
+                            filled -= used;
+                        }
+                        Err(why) => {
+                            closed = Some(why);
+                            break;
+                        }
+                    }
+                    if self.conns[slot].st == St::Closed {
+                        break;
+                    }
+                    if n < space {
+                        break; // short read: the socket is drained (TCP)
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    closed = Some(io_reason(&e));
+                    break;
+                }
+            }
+        }
+        if let Some(why) = closed {
+            self.close(slot, why);
+        } else if filled > 0 && self.conns[slot].st != St::Closed {
+            self.conns[slot].pending.extend_from_slice(&buf[..filled]);
+        }
+        if buf.len() > 4 * self.cfg.read_buf.max(4096) {
+            buf.truncate(self.cfg.read_buf.max(4096));
+            buf.shrink_to_fit();
+        }
+        self.rbuf = buf;
+    }
+
+    /// Handle every complete unit in `data`; returns the bytes consumed.
+    fn process(&mut self, slot: usize, data: &[u8]) -> Result<usize, Reason> {
+        let mut pos = 0;
+        if self.conns[slot].st == St::Upgrading {
+            match ws::parse_upgrade_response(data) {
+                Upgrade::Incomplete => return Ok(0),
+                Upgrade::Error(e) => return Err(e.into()),
+                Upgrade::Done { status, header_len } => {
+                    if status != 101 {
+                        return Err(format!("http {status}").into());
+                    }
+                    pos = header_len;
+                    let c = &mut self.conns[slot];
+                    c.t_up = mono_ns();
+                    match self.cfg.target.first_stage() {
+                        Stage::Welcome => c.st = St::Welcome,
+                        Stage::EioOpen => c.st = St::EioOpen,
+                        Stage::Join => self.send_join(slot),
+                    }
+                }
+            }
+        }
+        while pos < data.len() {
+            let f = match ws::parse_frame(&data[pos..]) {
+                Parsed::Frame(f) => f,
+                Parsed::Incomplete { .. } => break,
+                Parsed::Error(e) => return Err(format!("protocol: {e}").into()),
+            };
+            let payload = &data[pos + f.header_len..pos + f.total_len()];
+            pos += f.total_len();
+            match f.opcode {
+                ws::OP_TEXT if f.fin => self.on_text(slot, payload),
+                ws::OP_BINARY if f.fin => self.fin.other_frames += 1,
+                ws::OP_TEXT | ws::OP_BINARY => {
+                    let mut v = Vec::with_capacity(payload.len() * 2);
+                    v.extend_from_slice(payload);
+                    self.conns[slot].frag = Some(v);
+                }
+                ws::OP_CONT => {
+                    let Some(mut v) = self.conns[slot].frag.take() else {
+                        return Err("protocol: continuation without start".into());
+                    };
+                    v.extend_from_slice(payload);
+                    if f.fin {
+                        self.on_text(slot, &v);
+                    } else {
+                        self.conns[slot].frag = Some(v);
+                    }
+                }
+                ws::OP_PING => self.send_frame(slot, ws::OP_PONG, payload),
+                ws::OP_PONG if payload.len() == 8 => {
+                    let id = u64::from_be_bytes(payload.try_into().expect("8 bytes"));
+                    self.on_pong(Some(id));
+                }
+                ws::OP_CLOSE => {
+                    let code = if payload.len() >= 2 {
+                        u16::from_be_bytes([payload[0], payload[1]])
+                    } else {
+                        1005
+                    };
+                    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or(&[]))
+                        .chars()
+                        .take(60)
+                        .collect::<String>();
+                    self.send_frame(slot, ws::OP_CLOSE, &payload[..payload.len().min(2)]);
+                    return Err(if reason.is_empty() {
+                        format!("close {code}").into()
+                    } else {
+                        format!("close {code} {reason}").into()
+                    });
+                }
+                _ => {}
+            }
+            if self.conns[slot].st == St::Closed {
+                return Ok(pos);
+            }
+        }
+        Ok(pos)
+    }
+
+    fn send_join(&mut self, slot: usize) {
+        let room = self.conns[slot].room;
+        self.pbuf.clear();
+        let id = self.next_id;
+        self.next_id += 1;
+        proto::join_payload(&mut self.pbuf, self.cfg.target, room, id);
+        self.conns[slot].st = St::Joining;
+        self.send_pbuf(slot);
+    }
+
+    fn on_text(&mut self, slot: usize, p: &[u8]) {
+        let st = self.conns[slot].st;
+        if st == St::Ready {
+            let c = &mut self.conns[slot];
+            match self
+                .cls
+                .classify_hinted(p, &mut c.seq_hint, &mut self.t_hint)
+            {
+                In::Message { seq, tw } => self.on_message(slot, seq, tw),
+                In::Ack => self.fin.acks += 1,
+                In::Pong { id } => self.on_pong(id),
+                In::Error { code } => {
+                    *self
+                        .fin
+                        .errors
+                        .entry(String::from_utf8_lossy(code).into_owned())
+                        .or_default() += 1;
+                }
+                In::EioPing => {
+                    self.pbuf.clear();
+                    self.pbuf.push(b'3');
+                    self.send_pbuf(slot);
+                }
+                In::SioRefused => self.close(slot, "socket.io disconnect".into()),
+                _ => self.fin.other_frames += 1,
+            }
+            return;
+        }
+        match (st, self.cls.classify(p)) {
+            (_, In::Error { code }) => {
+                let why = format!("error {}", String::from_utf8_lossy(code));
+                self.close(slot, why.into());
+            }
+            (_, In::EioPing) => {
+                self.pbuf.clear();
+                self.pbuf.push(b'3');
+                self.send_pbuf(slot);
+            }
+            (_, In::SioRefused) => self.close(slot, "socket.io connect refused".into()),
+            (St::Welcome, In::Welcome) => self.send_join(slot),
+            (St::EioOpen, In::EioOpen) => {
+                self.conns[slot].st = St::SioConnect;
+                self.pbuf.clear();
+                self.pbuf.extend_from_slice(b"40");
+                self.send_pbuf(slot);
+            }
+            (St::SioConnect, In::SioConnect) => self.send_join(slot),
+            (St::Joining, In::Joined { seq }) => self.on_joined(slot, seq),
+            _ => {}
+        }
+    }
+
+    #[inline]
+    fn on_message(&mut self, slot: usize, seq: Option<u64>, tw: Option<(u64, u32)>) {
+        self.fin.deliveries += 1;
+        let check = match seq {
+            Some(s) => self.conns[slot].seq.check(s),
+            None => SeqCheck::Ok,
+        };
+        let Some((t, w)) = tw else {
+            self.fin.untimed += 1;
+            self.fin.seq_other.add(check);
+            return;
+        };
+        let lat = self.now.saturating_sub(t);
+        let w = w as usize;
+        if w == 0 || w >= MAX_WINDOWS {
+            self.fin.seq_other.add(check);
+            self.record(0, lat);
+            return;
+        }
+        let ws = &mut self.windows[w];
+        if ws.collected {
+            self.fin.late += 1;
+            self.fin.seq_other.add(check);
+            self.record(0, lat);
+        } else {
+            ws.received += 1;
+            ws.seq.add(check);
+            self.record(w, lat);
+        }
+    }
+
+    fn on_pong(&mut self, id: Option<u64>) {
+        self.fin.pongs += 1;
+        let Some(id) = id else { return };
+        let e = self.ping_ring[(id as usize) % self.ping_ring.len()];
+        if e.0 != id {
+            return;
+        }
+        let lat = self.now.saturating_sub(e.1);
+        self.fin.deliveries += 1;
+        let w = e.2 as usize;
+        if w > 0 && w < MAX_WINDOWS && !self.windows[w].collected {
+            self.windows[w].received += 1;
+            self.record(w, lat);
+        } else {
+            if w > 0 {
+                self.fin.late += 1;
+            }
+            self.record(0, lat);
+        }
+    }
+
+    // ---------------------------------------------------------------- publishing
+
+    fn publish_due(&mut self) {
+        if self.rate <= 0.0 || self.publishers.is_empty() {
+            return;
+        }
+        let elapsed = self.now.saturating_sub(self.rate_epoch);
+        let due = (elapsed as f64 * self.rate / 1e9) as u64 + 1;
+        let mut n = due.saturating_sub(self.rate_sent);
+        if n > MAX_BACKLOG {
+            // far behind (the load generator stalled): skip rather than burst
+            self.fin.publish_skipped += n - MAX_BACKLOG;
+            self.rate_sent += n - MAX_BACKLOG;
+            n = MAX_BACKLOG;
+        }
+        while n > 0 {
+            if !self.publish_one() {
+                break;
+            }
+            self.rate_sent += 1;
+            n -= 1;
+        }
+    }
+
+    fn publish_one(&mut self) -> bool {
+        let np = self.publishers.len();
+        for _ in 0..np {
+            let slot = self.publishers[self.rr % np] as usize;
+            self.rr = self.rr.wrapping_add(1);
+            if self.conns[slot].st == St::Ready && self.conns[slot].out.len() < (1 << 20) {
+                self.send_one(slot);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn send_one(&mut self, slot: usize) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let w = self.cur_window;
+        let t = mono_ns();
+        self.pbuf.clear();
+        let expected_add;
+        if self.cfg.mode == Mode::Ping {
+            self.ping_ring[(id as usize) % 4096] = (id, t, w);
+            expected_add = 1;
+            if self.cfg.target.has_json_ping() && !self.cfg.ws_ping {
+                proto::ping_payload(&mut self.pbuf, id);
+                self.send_pbuf(slot);
+            } else {
+                self.send_frame(slot, ws::OP_PING, &id.to_be_bytes());
+            }
+        } else {
+            let room = self.conns[slot].room;
+            expected_add = self
+                .members
+                .as_ref()
+                .map(|m| m[room as usize] as u64)
+                .unwrap_or(0);
+            proto::publish_payload(
+                &mut self.pbuf,
+                self.cfg.target,
+                room,
+                id,
+                t,
+                w,
+                self.cfg.body,
+            );
+            self.send_pbuf(slot);
+        }
+        self.fin.published += 1;
+        if w > 0 {
+            let ws = &mut self.windows[w as usize];
+            ws.published += 1;
+            ws.expected += expected_add;
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! corechat load generator: a lean, `mio`-based WebSocket client that drives the scenarios of
+//! `BENCHMARKS.md` against corechat and its peers, and reports figures, HDR histograms and
+//! interval logs.
+
+pub mod cli;
+pub mod driver;
+pub mod engine;
+pub mod jwt;
+pub mod mock;
+pub mod proto;
+pub mod report;
+pub mod scenarios;
+pub mod seq;
+pub mod stats;
+pub mod sys;
+pub mod ws;

@@ -1,0 +1,60 @@
+use clap::Parser;
+use loadgen::cli::{Cli, Cmd};
+use loadgen::{report, scenarios};
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = real_main(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match &cli.cmd {
+        Cmd::Compare { old, new } => {
+            print!("{}", report::compare_text(old, new)?);
+            Ok(())
+        }
+        Cmd::Table { dirs, markdown } => {
+            print!("{}", report::table_text(dirs, *markdown)?);
+            Ok(())
+        }
+        Cmd::MockServer {
+            listen,
+            jwt_secret,
+            flush_ms,
+        } => {
+            let opts = loadgen::mock::MockOpts {
+                listen: *listen,
+                secret: jwt_secret.clone(),
+                flush_ms: *flush_ms,
+            };
+            eprintln!("mock server on ws://{listen}/ws");
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            loadgen::mock::serve(opts, stop, None)?;
+            Ok(())
+        }
+        Cmd::Plot {
+            dirs,
+            svg,
+            hist,
+            title,
+            log_y,
+        } => {
+            report::plot(dirs, svg, hist.as_deref(), title.as_deref(), *log_y)?;
+            eprintln!("wrote {}", svg.display());
+            Ok(())
+        }
+        cmd => {
+            let (spec, common) = scenarios::Spec::from_cmd(cmd).expect("a scenario");
+            let outcome = scenarios::run(&spec, &common)?;
+            print!("{}", outcome.text);
+            if let Some(dir) = &common.out {
+                scenarios::write_out(dir, &outcome)?;
+                println!("results in {}", dir.display());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Latency histograms (microseconds, 1 us .. 60 s, 3 significant digits), the HdrHistogram
+//! percentile-distribution text format (`.hgrm`), its parser, and interval logs.
+
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::Histogram;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+pub type Hist = Histogram<u64>;
+
+/// Highest trackable latency in microseconds (60 s).
+pub const HIGH_US: u64 = 60_000_000;
+
+pub fn new_hist() -> Hist {
+    Histogram::new_with_bounds(1, HIGH_US, 3).expect("valid histogram bounds")
+}
+
+/// Record a latency given in nanoseconds (clamped into range).
+#[inline]
+pub fn record_ns(h: &mut Hist, ns: u64) {
+    h.saturating_record((ns / 1000).max(1));
+}
+
+/// The standard percentiles of a histogram, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pcts {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub p9999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Pcts {
+    pub fn of(h: &Hist) -> Pcts {
+        if h.is_empty() {
+            return Pcts::default();
+        }
+        let ms = |v: u64| v as f64 / 1000.0;
+        Pcts {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            p9999: ms(h.value_at_quantile(0.9999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "count": self.count,
+            "p50": round3(self.p50),
+            "p90": round3(self.p90),
+            "p99": round3(self.p99),
+            "p99_9": round3(self.p999),
+            "p99_99": round3(self.p9999),
+            "max": round3(self.max),
+            "mean": round3(self.mean),
+        })
+    }
+}
+
+pub fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Write the HdrHistogram percentile distribution (the text format of Java's
+/// `outputPercentileDistribution(out, 5, 1000.0)`): values in milliseconds.
+pub fn hgrm(h: &Hist) -> String {
+    let scale = 1000.0;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    if !h.is_empty() {
+        let mut total = 0u64;
+        for v in h.iter_quantiles(5) {
+            total += v.count_since_last_iteration();
+            let q = v.quantile_iterated_to();
+            let value = h.highest_equivalent(v.value_iterated_to()) as f64 / scale;
+            if q < 1.0 {
+                let _ = writeln!(
+                    s,
+                    "{:>12.3} {:>2.12} {:>10} {:>14.2}",
+                    value,
+                    q,
+                    total,
+                    1.0 / (1.0 - q)
+                );
+            } else {
+                let _ = writeln!(s, "{:>12.3} {:>2.12} {:>10}", value, q, total);
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
+        if h.is_empty() { 0.0 } else { h.mean() / scale },
+        if h.is_empty() { 0.0 } else { h.stdev() / scale }
+    );
+    let _ = writeln!(
+        s,
+        "#[Max     = {:>12.3}, Total count    = {:>12}]",
+        h.max() as f64 / scale,
+        h.len()
+    );
+    let _ = writeln!(
+        s,
+        "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+        h.buckets(),
+        h.distinct_values()
+    );
+    s
+}
+
+/// A parsed `.hgrm` file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hgrm {
+    /// (value, quantile 0..=1, total count up to value), ascending.
+    pub rows: Vec<(f64, f64, u64)>,
+    pub mean: Option<f64>,
+    pub max: Option<f64>,
+    pub total: Option<u64>,
+}
+
+impl Hgrm {
+    pub fn parse(text: &str) -> anyhow::Result<Hgrm> {
+        let mut h = Hgrm::default();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with("Value") {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("#[") {
+                let rest = rest.trim_end_matches(']');
+                for part in rest.split(',') {
+                    let Some((k, v)) = part.split_once('=') else {
+                        continue;
+                    };
+                    let (k, v) = (k.trim(), v.trim());
+                    match k {
+                        "Mean" => h.mean = v.parse().ok(),
+                        "Max" => h.max = v.parse().ok(),
+                        "Total count" => h.total = v.parse().ok(),
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let mut it = line.split_whitespace();
+            let (Some(v), Some(q), Some(c)) = (it.next(), it.next(), it.next()) else {
+                anyhow::bail!("bad .hgrm line: {line}");
+            };
+            h.rows.push((v.parse()?, q.parse()?, c.parse()?));
+        }
+        Ok(h)
+    }
+
+    /// The value at quantile `q` (0..=1): the first row at or above it.
+    pub fn value_at(&self, q: f64) -> Option<f64> {
+        if q >= 1.0 {
+            return self.max.or_else(|| self.rows.last().map(|r| r.0));
+        }
+        self.rows
+            .iter()
+            .find(|r| r.1 >= q - 1e-12)
+            .or(self.rows.last())
+            .map(|r| r.0)
+    }
+}
+
+/// Builds an HdrHistogram interval log (V2 compressed histograms, one line per interval and
+/// tag), values in microseconds with max values shown in milliseconds.
+pub struct IntervalLog {
+    buf: Vec<u8>,
+    base: SystemTime,
+    entries: Vec<(String, Duration, Duration, Hist)>,
+}
+
+impl IntervalLog {
+    pub fn new(base: SystemTime) -> IntervalLog {
+        IntervalLog {
+            buf: Vec::new(),
+            base,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Add one interval (`start` relative to the base time).
+    pub fn push(&mut self, tag: &str, start: Duration, len: Duration, h: Hist) {
+        self.entries.push((tag.to_string(), start, len, h));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn render(mut self, comment: &str) -> anyhow::Result<Vec<u8>> {
+        let mut ser = V2DeflateSerializer::new();
+        {
+            let mut w = IntervalLogWriterBuilder::new()
+                .add_comment(comment)
+                .add_comment("values in microseconds; MaxValueDivisor 1000 shows max in ms")
+                .with_start_time(self.base)
+                .with_base_time(self.base)
+                .with_max_value_divisor(1000.0)
+                .begin_log_with(&mut self.buf, &mut ser)?;
+            for (tag, start, len, h) in &self.entries {
+                w.write_histogram(h, *start, *len, Tag::new(tag))
+                    .map_err(|e| anyhow::anyhow!("interval log: {e:?}"))?;
+            }
+        }
+        Ok(self.buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    use hdrhistogram::serialization::Deserializer;
+
+    fn sample() -> Hist {
+        let mut h = new_hist();
+        for us in 1..=10_000u64 {
+            h.record(us * 10).unwrap(); // 10 us .. 100 ms
+        }
+        h
+    }
+
+    #[test]
+    fn hgrm_roundtrip_matches_histogram() {
+        let h = sample();
+        let text = hgrm(&h);
+        assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"));
+        assert!(text.contains("#[Max     ="));
+        let p = Hgrm::parse(&text).unwrap();
+        assert_eq!(p.total, Some(10_000));
+        assert_eq!(p.rows.last().unwrap().2, 10_000);
+        assert!((p.rows.last().unwrap().1 - 1.0).abs() < 1e-12);
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let want = h.value_at_quantile(q) as f64 / 1000.0;
+            let got = p.value_at(q).unwrap();
+            // the .hgrm rows are at ticks, not exact quantiles: within 5% of the true value
+            assert!(
+                (got - want).abs() / want < 0.05,
+                "q={q} got={got} want={want}"
+            );
+        }
+        assert!((p.max.unwrap() - h.max() as f64 / 1000.0).abs() < 0.001);
+        // ascending
+        assert!(p
+            .rows
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+    }
+
+    #[test]
+    fn hgrm_line_format_is_javas() {
+        let mut h = new_hist();
+        h.record(1500).unwrap();
+        let text = hgrm(&h);
+        let lines: Vec<&str> = text.lines().collect();
+        // value (ms, 3 decimals) right-aligned in 12, quantile with 12 decimals, count in 10
+        assert_eq!(
+            lines[2],
+            "       1.500 0.000000000000          1           1.00"
+        );
+        assert_eq!(lines[3], "       1.500 1.000000000000          1");
+    }
+
+    #[test]
+    fn empty_histogram_output_parses() {
+        let text = hgrm(&new_hist());
+        let p = Hgrm::parse(&text).unwrap();
+        assert!(p.rows.is_empty());
+        assert_eq!(p.total, Some(0));
+    }
+
+    #[test]
+    fn pcts_and_record_ns() {
+        let mut h = new_hist();
+        record_ns(&mut h, 500); // below 1 us -> 1 us
+        record_ns(&mut h, 2_000_000); // 2 ms
+        record_ns(&mut h, 3_600_000_000_000); // 1 h -> clamped to 60 s
+        let p = Pcts::of(&h);
+        assert_eq!(p.count, 3);
+        assert!((p.p50 - 2.0).abs() < 0.01);
+        assert!(p.max >= 59_000.0 && p.max <= 61_000.0);
+    }
+
+    #[test]
+    fn interval_log_roundtrip() {
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut log = IntervalLog::new(base);
+        log.push(
+            "latency",
+            Duration::from_secs(0),
+            Duration::from_secs(1),
+            sample(),
+        );
+        log.push(
+            "latency",
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            new_hist(),
+        );
+        let bytes = log.render("test").unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains("#[StartTime: 1700000000.000"));
+        let mut n = 0;
+        for e in IntervalLogIterator::new(&bytes) {
+            if let LogEntry::Interval(ih) = e.unwrap() {
+                assert_eq!(ih.tag().unwrap().as_str(), "latency");
+                let raw = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    ih.encoded_histogram(),
+                )
+                .unwrap();
+                let h: Hist = Deserializer::new()
+                    .deserialize(&mut std::io::Cursor::new(raw))
+                    .unwrap();
+                if n == 0 {
+                    assert_eq!(h.len(), 10_000);
+                }
+                n += 1;
+            }
+        }
+        assert_eq!(n, 2);
+    }
+}

@@ -1,0 +1,89 @@
+//! Per-connection state. Kept small: an idle WebSocket connection holds no
+//! read buffer, no assembly buffer and an empty (unallocated) send queue.
+
+use crate::chat::Session;
+use crate::ws::Assembler;
+use bytes::Bytes;
+use mio::net::TcpStream;
+use std::collections::VecDeque;
+use std::net::IpAddr;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Plain HTTP (keep-alive) until a request upgrades it.
+    Http,
+    /// An open WebSocket.
+    Ws,
+    /// Our close frame is queued or sent; waiting for the peer, then drop.
+    Closing,
+    /// A last response or close echo is queued; drop once it is written.
+    Draining,
+}
+
+pub struct Conn {
+    pub sock: TcpStream,
+    /// Unique on this shard (slab keys are reused, ids are not), so bus
+    /// messages addressed to a closed connection cannot reach its successor.
+    pub id: u64,
+    pub ip: IpAddr,
+    pub phase: Phase,
+    /// Bytes of an incomplete frame or request left over from the last read.
+    pub inbuf: Vec<u8>,
+    /// A fragmented message being reassembled.
+    pub asm: Option<Box<Assembler>>,
+    /// Frames waiting to be written, shared with other connections.
+    pub out: VecDeque<Bytes>,
+    /// Bytes of `out[0]` already written.
+    pub out_off: usize,
+    /// Unsent bytes in `out`.
+    pub out_bytes: usize,
+    /// Coarse clock (ms) of the last byte received.
+    pub last_recv_ms: u64,
+    /// Coarse clock (ms) of the last ping we sent.
+    pub last_ping_ms: u64,
+    pub opened_ms: u64,
+    /// When a closing connection is dropped regardless of the peer.
+    pub deadline_ms: u64,
+    /// Already on the shard's list of connections to flush this turn.
+    pub dirty: bool,
+    /// Counted against the per-IP connection cap.
+    pub ip_counted: bool,
+    /// An HTTP request is being answered asynchronously; read no more.
+    pub awaiting_reply: bool,
+    pub keep_alive: bool,
+    /// We sent a close frame (the peer's close then ends the connection).
+    pub close_sent: bool,
+    /// The chat session once the WebSocket is open.
+    pub session: Option<Box<Session>>,
+}
+
+impl Conn {
+    pub fn new(sock: TcpStream, id: u64, ip: IpAddr, now_ms: u64) -> Self {
+        Conn {
+            sock,
+            id,
+            ip,
+            phase: Phase::Http,
+            inbuf: Vec::new(),
+            asm: None,
+            out: VecDeque::new(),
+            out_off: 0,
+            out_bytes: 0,
+            last_recv_ms: now_ms,
+            last_ping_ms: now_ms,
+            opened_ms: now_ms,
+            deadline_ms: 0,
+            dirty: false,
+            ip_counted: false,
+            awaiting_reply: false,
+            keep_alive: true,
+            close_sent: false,
+            session: None,
+        }
+    }
+
+    pub fn is_ws(&self) -> bool {
+        self.phase == Phase::Ws
+    }
+}

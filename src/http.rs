@@ -1,0 +1,345 @@
+//! HTTP/1.1 on the WebSocket port: request parsing (httparse) and response
+//! encoding. Keep-alive is supported; pipelining is not needed by clients.
+
+use bytes::Bytes;
+use std::fmt::Write as _;
+
+/// Largest request head accepted; a bigger one gets 431.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest request body accepted by the HTTP API.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+const MAX_HEADERS: usize = 32;
+
+/// The parts of a request the server acts on. Owned, so the read buffer can
+/// be reused while the request is handled.
+#[derive(Debug, Default, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub upgrade_websocket: bool,
+    pub connection_upgrade: bool,
+    pub ws_key: Option<String>,
+    pub ws_version: Option<String>,
+    pub origin: Option<String>,
+    pub authorization: Option<String>,
+    pub keep_alive: bool,
+    pub if_none_match: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// Value of a query parameter, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| percent_decode(v))
+        })
+    }
+
+    /// The bearer token of an `Authorization: Bearer` header.
+    pub fn bearer(&self) -> Option<&str> {
+        let auth = self.authorization.as_deref()?;
+        let (scheme, token) = auth.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim())
+    }
+}
+
+/// Why a request could not be parsed; each maps to a status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("request head too large")]
+    HeadTooLarge,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("chunked request bodies are not supported")]
+    Chunked,
+}
+
+impl HttpError {
+    pub fn status(&self) -> u16 {
+        match self {
+            HttpError::Malformed(_) => 400,
+            HttpError::HeadTooLarge => 431,
+            HttpError::BodyTooLarge => 413,
+            HttpError::Chunked => 411,
+        }
+    }
+}
+
+/// Parses one request from the front of `buf`. Returns the request and the
+/// bytes it used, or `None` when more bytes are needed.
+pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(HttpError::HeadTooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
+        Err(e) => return Err(HttpError::Malformed(e.to_string())),
+    };
+    if head_len > MAX_HEAD_BYTES {
+        return Err(HttpError::HeadTooLarge);
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut out = Request {
+        method: req.method.unwrap_or("").to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        // HTTP/1.1 defaults to keep-alive, 1.0 to close.
+        keep_alive: req.version == Some(1),
+        ..Request::default()
+    };
+    let mut content_length = 0usize;
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| HttpError::Malformed(format!("header {} is not UTF-8", h.name)))?
+            .trim();
+        let name = h.name;
+        if name.eq_ignore_ascii_case("upgrade") {
+            out.upgrade_websocket = value.eq_ignore_ascii_case("websocket");
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',') {
+                let token = token.trim();
+                if token.eq_ignore_ascii_case("upgrade") {
+                    out.connection_upgrade = true;
+                } else if token.eq_ignore_ascii_case("close") {
+                    out.keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    out.keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            out.ws_key = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            out.ws_version = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("origin") {
+            out.origin = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            out.authorization = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            out.if_none_match = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            content_length = value
+                .parse()
+                .map_err(|_| HttpError::Malformed("bad content-length".into()))?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::Chunked);
+        }
+    }
+    if content_length > MAX_BODY_BYTES {
+        return Err(HttpError::BodyTooLarge);
+    }
+    let total = head_len + content_length;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    out.body = buf[head_len..total].to_vec();
+    Ok(Some((out, total)))
+}
+
+/// Decodes `%XX` escapes and `+` (form encoding) in a query value.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// An HTTP response ready to be written.
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Self {
+        Response {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// `{"error": message}` with the given status.
+    pub fn error(status: u16, message: &str) -> Self {
+        let body = serde_json::json!({ "error": message }).to_string();
+        Response::json(status, body)
+    }
+
+    pub fn text(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Self {
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Serializes head and body into one buffer.
+    pub fn encode(&self, keep_alive: bool) -> Bytes {
+        let mut head = String::with_capacity(160);
+        let _ = write!(
+            head,
+            "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: {}\r\n",
+            self.status,
+            reason_phrase(self.status),
+            self.content_type,
+            self.body.len(),
+            if keep_alive { "keep-alive" } else { "close" }
+        );
+        for (name, value) in &self.headers {
+            let _ = write!(head, "{name}: {value}\r\n");
+        }
+        head.push_str("\r\n");
+        let mut out = Vec::with_capacity(head.len() + self.body.len());
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(&self.body);
+        Bytes::from(out)
+    }
+}
+
+/// The 101 response that completes a WebSocket upgrade.
+pub fn switching_protocols(accept: &str) -> Bytes {
+    Bytes::from(format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_upgrade_request() {
+        let raw = b"GET /ws?token=abc%2Edef&x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: http://x\r\n\r\n";
+        let (req, used) = parse_request(raw).unwrap().unwrap();
+        assert_eq!(used, raw.len());
+        assert_eq!(req.method, "GET");
+        assert_eq!(req.path, "/ws");
+        assert!(req.upgrade_websocket && req.connection_upgrade);
+        assert_eq!(req.query_param("token").as_deref(), Some("abc.def"));
+        assert_eq!(req.query_param("x").as_deref(), Some("1"));
+        assert_eq!(req.query_param("nope"), None);
+        assert_eq!(req.origin.as_deref(), Some("http://x"));
+        assert_eq!(req.ws_version.as_deref(), Some("13"));
+    }
+
+    #[test]
+    fn partial_head_and_body() {
+        let raw = b"POST /api/guest HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        assert!(parse_request(&raw[..10]).unwrap().is_none());
+        assert!(parse_request(&raw[..raw.len() - 2]).unwrap().is_none());
+        let (req, used) = parse_request(raw).unwrap().unwrap();
+        assert_eq!(used, raw.len());
+        assert_eq!(req.body, b"hello");
+        assert!(req.keep_alive);
+    }
+
+    #[test]
+    fn errors_map_to_statuses() {
+        assert_eq!(
+            parse_request(b"GARBAGE\x00\r\n\r\n").unwrap_err().status(),
+            400
+        );
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(parse_request(chunked).unwrap_err().status(), 411);
+        let big = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY_BYTES + 1
+        );
+        assert_eq!(parse_request(big.as_bytes()).unwrap_err().status(), 413);
+        let long = vec![b'a'; MAX_HEAD_BYTES + 10];
+        let mut req = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        req.extend_from_slice(&long);
+        assert_eq!(parse_request(&req).unwrap_err().status(), 431);
+        let bad_len = b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n";
+        assert_eq!(parse_request(bad_len).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn connection_close_and_http10() {
+        let (req, _) = parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!req.keep_alive);
+        let (req, _) = parse_request(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!req.keep_alive);
+    }
+
+    #[test]
+    fn bearer_and_percent_decoding() {
+        let (req, _) = parse_request(b"GET / HTTP/1.1\r\nAuthorization: Bearer  tok.en \r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(req.bearer(), Some("tok.en"));
+        assert_eq!(percent_decode("a%20b+c%zz%4"), "a b c%zz%4");
+    }
+
+    #[test]
+    fn response_encoding() {
+        let r = Response::error(404, "not found").encode(true);
+        let text = std::str::from_utf8(&r).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(text.contains("content-length: 21\r\n"));
+        assert!(text.ends_with("{\"error\":\"not found\"}"));
+    }
+}

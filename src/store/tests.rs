@@ -1,0 +1,735 @@
+//! Store tests against real SQLite files in temp dirs. No timing asserts:
+//! waits have generous safety timeouts only so a bug fails instead of hangs.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn config(path: &Path, durability: Durability) -> StoreConfig {
+    StoreConfig {
+        path: path.to_path_buf(),
+        durability,
+        batch_max: 64,
+        batch_delay: Duration::from_millis(2),
+        retention_messages: None,
+        retention_age: None,
+        // Tests trigger retention through the hook, never by timer.
+        retention_interval: Duration::from_secs(3600),
+        queue_capacity: 1024,
+    }
+}
+
+fn msg(room: &str, seq: u64, body: &str) -> StoredMessage {
+    StoredMessage {
+        room: room.to_owned(),
+        seq,
+        ts: 1_700_000_000_000 + seq,
+        from: "alice".into(),
+        name: "Alice".into(),
+        body: body.to_owned(),
+    }
+}
+
+fn epochs(rooms: &[&str]) -> Vec<(String, String)> {
+    rooms
+        .iter()
+        .map(|r| (r.to_string(), format!("epoch-{r}")))
+        .collect()
+}
+
+fn append(
+    h: &StoreHandle,
+    msgs: Vec<StoredMessage>,
+    ep: Vec<(String, String)>,
+) -> Vec<Result<(), StoreError>> {
+    let (tx, rx) = mpsc::channel();
+    h.append(
+        msgs,
+        ep,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    rx.recv_timeout(WAIT).expect("append reply")
+}
+
+fn append_ok(h: &StoreHandle, room: &str, seqs: std::ops::RangeInclusive<u64>) {
+    let msgs = seqs
+        .map(|s| msg(room, s, &format!("{{\"n\":{s}}}")))
+        .collect();
+    let res = append(h, msgs, epochs(&[room]));
+    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+}
+
+fn range(
+    h: &StoreHandle,
+    room: &str,
+    after: Option<u64>,
+    before: Option<u64>,
+    limit: usize,
+) -> (Vec<u64>, bool) {
+    let (msgs, more) = range_msgs(
+        h,
+        room,
+        RangeQuery {
+            after,
+            before,
+            limit,
+        },
+    );
+    (msgs.iter().map(|m| m.seq).collect(), more)
+}
+
+fn range_msgs(h: &StoreHandle, room: &str, q: RangeQuery) -> (Vec<StoredMessage>, bool) {
+    let (tx, rx) = mpsc::channel();
+    h.range(
+        room.to_owned(),
+        q,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    rx.recv_timeout(WAIT)
+        .expect("range reply")
+        .expect("range ok")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn seqs(r: std::ops::RangeInclusive<u64>) -> Vec<u64> {
+    r.collect()
+}
+
+#[test]
+fn append_and_range_all_modes() {
+    for durability in [Durability::Sync, Durability::Relaxed] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, h) = SqliteStore::open(config(&dir.path().join("c.db"), durability)).unwrap();
+        append_ok(&h, "r1", 1..=10);
+
+        // after (+ before): ascending from the bottom
+        assert_eq!(range(&h, "r1", Some(3), None, 4), (seqs(4..=7), true));
+        assert_eq!(range(&h, "r1", Some(7), None, 4), (seqs(8..=10), false));
+        assert_eq!(range(&h, "r1", Some(6), None, 4), (seqs(7..=10), false));
+        assert_eq!(range(&h, "r1", Some(2), Some(6), 10), (seqs(3..=5), false));
+        assert_eq!(range(&h, "r1", Some(2), Some(6), 2), (seqs(3..=4), true));
+        assert_eq!(range(&h, "r1", Some(0), None, 100), (seqs(1..=10), false));
+        assert_eq!(range(&h, "r1", Some(10), None, 5), (vec![], false));
+        // only before: the latest below it
+        assert_eq!(range(&h, "r1", None, Some(5), 2), (seqs(3..=4), true));
+        assert_eq!(range(&h, "r1", None, Some(3), 5), (seqs(1..=2), false));
+        assert_eq!(range(&h, "r1", None, Some(1), 5), (vec![], false));
+        // neither: the latest
+        assert_eq!(range(&h, "r1", None, None, 3), (seqs(8..=10), true));
+        assert_eq!(range(&h, "r1", None, None, 10), (seqs(1..=10), false));
+        assert_eq!(range(&h, "r1", None, None, 50), (seqs(1..=10), false));
+        assert_eq!(range(&h, "r1", None, None, 0), (vec![], true));
+        // huge bounds do not overflow
+        assert_eq!(range(&h, "r1", Some(u64::MAX), None, 5), (vec![], false));
+        assert_eq!(
+            range(&h, "r1", None, Some(u64::MAX), 2),
+            (seqs(9..=10), true)
+        );
+        // unknown room
+        assert_eq!(range(&h, "nope", None, None, 5), (vec![], false));
+
+        let (msgs, _) = range_msgs(
+            &h,
+            "r1",
+            RangeQuery {
+                after: Some(4),
+                before: None,
+                limit: 1,
+            },
+        );
+        assert_eq!(msgs, vec![msg("r1", 5, "{\"n\":5}")]);
+        assert!(h.is_available());
+        assert_eq!(h.queued(), 0);
+        store.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn concurrent_appenders_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("c.db"), Durability::Sync);
+    cfg.queue_capacity = 10_000;
+    cfg.batch_max = 256;
+    let (store, h) = SqliteStore::open(cfg).unwrap();
+    const PER_ROOM: u64 = 150;
+    let workers: Vec<_> = (0..6)
+        .map(|t| {
+            let h = h.clone();
+            thread::spawn(move || {
+                // Like a shard: pipelined appends, one message each, to the
+                // rooms this thread owns; replies collected afterwards.
+                let (tx, rx) = mpsc::channel();
+                let rooms = [format!("t{t}-a"), format!("t{t}-b")];
+                for seq in 1..=PER_ROOM {
+                    for room in &rooms {
+                        let tx = tx.clone();
+                        let m = msg(room, seq, &format!("{{\"t\":{t},\"s\":{seq}}}"));
+                        h.append(
+                            vec![m],
+                            vec![(room.clone(), "e".into())],
+                            Box::new(move |r| {
+                                let _ = tx.send(r);
+                            }),
+                        );
+                    }
+                }
+                drop(tx);
+                let mut n = 0;
+                while let Ok(r) = rx.recv_timeout(WAIT) {
+                    assert_eq!(r.len(), 1);
+                    assert!(r[0].is_ok(), "{r:?}");
+                    n += 1;
+                }
+                assert_eq!(n, PER_ROOM * 2);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    // A multi-room append in one request.
+    let res = append(
+        &h,
+        vec![msg("x", 1, "1"), msg("y", 1, "2"), msg("x", 2, "3")],
+        epochs(&["x", "y"]),
+    );
+    assert_eq!(res, vec![Ok(()), Ok(()), Ok(())]);
+
+    for t in 0..6 {
+        for room in [format!("t{t}-a"), format!("t{t}-b")] {
+            let (msgs, more) = range_msgs(
+                &h,
+                &room,
+                RangeQuery {
+                    after: Some(0),
+                    before: None,
+                    limit: 1000,
+                },
+            );
+            assert!(!more);
+            assert_eq!(msgs.len() as u64, PER_ROOM);
+            for (i, m) in msgs.iter().enumerate() {
+                let seq = i as u64 + 1;
+                assert_eq!(m, &msg(&room, seq, &format!("{{\"t\":{t},\"s\":{seq}}}")));
+            }
+        }
+    }
+    assert_eq!(range(&h, "x", None, None, 10), (vec![1, 2], false));
+    assert!(h.commits() > 0);
+    assert_eq!(h.queued(), 0);
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn body_bytes_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let bodies = [
+        r#"{"big":12345678901234567890,"neg":-98765432109876543210}"#,
+        r#""héllo wörld 🌍 日本語 \u00e9""#,
+        r#"{"q":"say \"hi\" \\ back\n","tab":"\t"}"#,
+        "[1.0e10, -0.0, 0.1000000000000000055511151231257827]",
+        "{ \"spaced\" :  true ,\n \"x\":null }",
+        "12345678901234567890",
+    ];
+    let msgs: Vec<_> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| msg("bytes", i as u64 + 1, b))
+        .collect();
+    {
+        let (store, h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
+        assert!(append(&h, msgs.clone(), epochs(&["bytes"]))
+            .iter()
+            .all(|r| r.is_ok()));
+        let (got, _) = range_msgs(
+            &h,
+            "bytes",
+            RangeQuery {
+                after: None,
+                before: None,
+                limit: 10,
+            },
+        );
+        assert_eq!(got, msgs);
+        store.shutdown().unwrap();
+    }
+    let (store, h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
+    let (got, _) = range_msgs(
+        &h,
+        "bytes",
+        RangeQuery {
+            after: Some(0),
+            before: None,
+            limit: 10,
+        },
+    );
+    assert_eq!(got, msgs);
+    for (m, b) in got.iter().zip(bodies) {
+        assert_eq!(m.body.as_bytes(), b.as_bytes());
+    }
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn out_of_order_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, h) =
+        SqliteStore::open(config(&dir.path().join("c.db"), Durability::Relaxed)).unwrap();
+    let ooo = |expected, got| {
+        Err(StoreError::OutOfOrder {
+            room: "r".into(),
+            expected,
+            got,
+        })
+    };
+
+    // A new room must start at 1.
+    assert_eq!(
+        append(&h, vec![msg("r", 2, "0")], epochs(&["r"])),
+        vec![ooo(1, 2)]
+    );
+    append_ok(&h, "r", 1..=1);
+    assert_eq!(append(&h, vec![msg("r", 3, "0")], vec![]), vec![ooo(2, 3)]);
+    assert_eq!(
+        append(&h, vec![msg("r", 1, "dup")], vec![]),
+        vec![ooo(2, 1)]
+    );
+    // Per message: the bad one is refused, the rest of the request written.
+    assert_eq!(
+        append(
+            &h,
+            vec![
+                msg("r", 2, "0"),
+                msg("r", 3, "0"),
+                msg("r", 5, "0"),
+                msg("r", 4, "0")
+            ],
+            vec![]
+        ),
+        vec![Ok(()), Ok(()), ooo(4, 5), Ok(())]
+    );
+    assert_eq!(range(&h, "r", None, None, 10), (seqs(1..=4), false));
+    // Two requests in the same batch continue each other's numbering.
+    let (tx, rx) = mpsc::channel();
+    for s in 5..=8 {
+        let tx = tx.clone();
+        h.append(
+            vec![msg("r", s, "0")],
+            vec![],
+            Box::new(move |r| tx.send((s, r)).unwrap()),
+        );
+    }
+    for _ in 5..=8 {
+        let (_, r) = rx.recv_timeout(WAIT).unwrap();
+        assert_eq!(r, vec![Ok(())]);
+    }
+    // A new room without an epoch is refused.
+    assert!(matches!(
+        append(&h, vec![msg("fresh", 1, "0")], vec![])[0],
+        Err(StoreError::InvalidInput(_))
+    ));
+    // Values SQLite cannot hold are refused, not wrapped.
+    let mut bad = msg("r", 9, "0");
+    bad.ts = u64::MAX;
+    assert!(matches!(
+        append(&h, vec![bad], vec![])[0],
+        Err(StoreError::InvalidInput(_))
+    ));
+    append_ok(&h, "r", 9..=9);
+    assert_eq!(range(&h, "r", None, None, 20), (seqs(1..=9), false));
+    assert_eq!(append(&h, vec![], vec![]), vec![]);
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn reopen_restores_rooms_and_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/deeper/c.db");
+    {
+        let (store, h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
+        append_ok(&h, "a", 1..=5);
+        append_ok(&h, "b", 1..=2);
+        store.shutdown().unwrap();
+    }
+    let (store, h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
+    let mut rooms = store.load_rooms().unwrap();
+    rooms.sort_by(|x, y| x.room.cmp(&y.room));
+    assert_eq!(
+        rooms,
+        vec![
+            RoomState {
+                room: "a".into(),
+                epoch: "epoch-a".into(),
+                last_seq: 5
+            },
+            RoomState {
+                room: "b".into(),
+                epoch: "epoch-b".into(),
+                last_seq: 2
+            },
+        ]
+    );
+    // Numbering continues; an epoch passed for an existing room is ignored.
+    assert_eq!(
+        append(
+            &h,
+            vec![msg("a", 6, "6")],
+            vec![("a".into(), "other".into())]
+        ),
+        vec![Ok(())]
+    );
+    assert_eq!(
+        append(&h, vec![msg("b", 1, "again")], vec![]),
+        vec![Err(StoreError::OutOfOrder {
+            room: "b".into(),
+            expected: 3,
+            got: 1
+        })]
+    );
+    assert_eq!(range(&h, "a", None, None, 10), (seqs(1..=6), false));
+    let a = store
+        .load_rooms()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.room == "a")
+        .unwrap();
+    assert_eq!((a.epoch.as_str(), a.last_seq), ("epoch-a", 6));
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let (store, _h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
+    store.shutdown().unwrap();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 1);
+        conn.pragma_update(None, "user_version", 99).unwrap();
+    }
+    assert!(matches!(
+        SqliteStore::open(config(&path, Durability::Sync)),
+        Err(StoreError::Schema(_))
+    ));
+}
+
+#[test]
+fn read_markers_keep_max_and_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    {
+        let (store, h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
+        h.set_read("u".into(), "r".into(), 5);
+        h.set_read("u".into(), "r".into(), 3);
+        h.set_read("u".into(), "r2".into(), 7);
+        h.set_read("v".into(), "r".into(), 1);
+        // An append round-trip commits the markers queued before it.
+        append_ok(&h, "r", 1..=1);
+        assert_eq!(store.load_read_markers().unwrap().len(), 3);
+        // Lower value in a later batch must not win.
+        h.set_read("u".into(), "r2".into(), 2);
+        store.shutdown().unwrap();
+    }
+    let (store, h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
+    let mut marks = store.load_read_markers().unwrap();
+    marks.sort();
+    assert_eq!(
+        marks,
+        vec![
+            ("u".to_string(), "r".to_string(), 5),
+            ("u".to_string(), "r2".to_string(), 7),
+            ("v".to_string(), "r".to_string(), 1),
+        ]
+    );
+    h.set_read("v".into(), "r".into(), 9);
+    store.shutdown().unwrap();
+    let (store, _h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
+    assert!(store
+        .load_read_markers()
+        .unwrap()
+        .contains(&("v".to_string(), "r".to_string(), 9)));
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn retention_by_count_keeps_last_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let mut cfg = config(&path, Durability::Relaxed);
+    cfg.retention_messages = Some(3);
+    let (store, h) = SqliteStore::open(cfg.clone()).unwrap();
+    append_ok(&h, "big", 1..=10);
+    append_ok(&h, "small", 1..=2);
+    assert_eq!(h.run_retention_for_test().unwrap(), 7);
+    assert_eq!(range(&h, "big", None, None, 100), (seqs(8..=10), false));
+    assert_eq!(range(&h, "big", Some(0), None, 100), (seqs(8..=10), false));
+    assert_eq!(range(&h, "small", None, None, 100), (seqs(1..=2), false));
+    // Nothing left to trim: a second pass deletes nothing.
+    assert_eq!(h.run_retention_for_test().unwrap(), 0);
+    append_ok(&h, "big", 11..=12);
+    assert_eq!(h.run_retention_for_test().unwrap(), 2);
+    assert_eq!(range(&h, "big", None, None, 100), (seqs(10..=12), false));
+    store.shutdown().unwrap();
+
+    let (store, h) = SqliteStore::open(cfg).unwrap();
+    let big = store
+        .load_rooms()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.room == "big")
+        .unwrap();
+    assert_eq!(big.last_seq, 12);
+    append_ok(&h, "big", 13..=13);
+    assert_eq!(range(&h, "big", None, None, 100), (seqs(10..=13), false));
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn retention_by_age_keeps_last_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("c.db"), Durability::Relaxed);
+    cfg.retention_age = Some(Duration::from_secs(600));
+    let (store, h) = SqliteStore::open(cfg).unwrap();
+    let now = now_ms();
+    let hour = 3_600_000;
+    let mut msgs: Vec<_> = (1..=10).map(|s| msg("r", s, "{}")).collect();
+    for m in &mut msgs[..6] {
+        m.ts = now - hour;
+    }
+    for m in &mut msgs[6..] {
+        m.ts = now;
+    }
+    let mut old_only: Vec<_> = (1..=3).map(|s| msg("old", s, "{}")).collect();
+    for m in &mut old_only {
+        m.ts = now - 2 * hour;
+    }
+    msgs.extend(old_only);
+    assert!(append(&h, msgs, epochs(&["r", "old"]))
+        .iter()
+        .all(|r| r.is_ok()));
+    assert_eq!(h.run_retention_for_test().unwrap(), 9);
+    assert_eq!(range(&h, "r", None, None, 100), (seqs(7..=10), false));
+    assert_eq!(range(&h, "old", None, None, 100), (vec![], false));
+    // Numbering continues in the emptied room.
+    assert_eq!(
+        append(&h, vec![msg("old", 1, "{}")], vec![]),
+        vec![Err(StoreError::OutOfOrder {
+            room: "old".into(),
+            expected: 4,
+            got: 1
+        })]
+    );
+    append_ok(&h, "old", 4..=4);
+    assert_eq!(h.run_retention_for_test().unwrap(), 1); // msg() ts is in 2023
+    let mut rooms = store.load_rooms().unwrap();
+    rooms.sort_by(|x, y| x.room.cmp(&y.room));
+    assert_eq!((rooms[0].last_seq, rooms[1].last_seq), (4, 10));
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn disk_full_fails_whole_batch_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, h) = SqliteStore::open(config(&dir.path().join("c.db"), Durability::Sync)).unwrap();
+    append_ok(&h, "r", 1..=3);
+    let pages = h.set_max_page_count_for_test(1).unwrap();
+    assert!(pages >= 1);
+
+    let big = "x".repeat(4000);
+    let batch = |from: u64| -> Vec<StoredMessage> {
+        (from..from + 20)
+            .map(|s| msg("r", s, &format!("\"{big}\"")))
+            .collect()
+    };
+    let res = append(&h, batch(4), vec![]);
+    assert_eq!(res.len(), 20);
+    assert!(
+        res.iter()
+            .all(|r| matches!(r, Err(StoreError::Unavailable(_)))),
+        "{res:?}"
+    );
+    assert!(!h.is_available());
+    assert_eq!(h.queued(), 0);
+    // Nothing of the failed batch is visible, and numbering did not advance.
+    assert_eq!(range(&h, "r", None, None, 100), (seqs(1..=3), false));
+    let res = append(&h, batch(4), vec![]);
+    assert!(res
+        .iter()
+        .all(|r| matches!(r, Err(StoreError::Unavailable(_)))));
+    assert!(!h.is_available());
+
+    // "Free space": the same messages, same seqs, now succeed.
+    h.set_max_page_count_for_test(1 << 30).unwrap();
+    let res = append(&h, batch(4), vec![]);
+    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    assert!(h.is_available());
+    assert_eq!(range(&h, "r", Some(0), None, 100), (seqs(1..=23), false));
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn unavailable_store_recovers_by_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, h) =
+        SqliteStore::open(config(&dir.path().join("c.db"), Durability::Relaxed)).unwrap();
+    append_ok(&h, "r", 1..=1);
+    h.set_max_page_count_for_test(1).unwrap();
+    let big = format!("\"{}\"", "y".repeat(20_000));
+    let res = append(&h, vec![msg("r", 2, &big)], vec![]);
+    assert!(matches!(res[0], Err(StoreError::Unavailable(_))));
+    assert!(!h.is_available());
+    h.set_max_page_count_for_test(1 << 30).unwrap();
+    // No appends: the thread's own probe must bring it back.
+    let mut waited = Duration::ZERO;
+    while !h.is_available() {
+        assert!(waited < WAIT, "store never recovered");
+        thread::sleep(Duration::from_millis(50));
+        waited += Duration::from_millis(50);
+    }
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_flushes_pending_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let mut cfg = config(&path, Durability::Sync);
+    cfg.queue_capacity = 20_000;
+    // A long fill window: only shutdown can make these commit promptly.
+    cfg.batch_delay = Duration::from_secs(30);
+    cfg.batch_max = 1_000_000;
+    let (store, h) = SqliteStore::open(cfg.clone()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    const N: u64 = 5000;
+    for s in 1..=N {
+        let tx = tx.clone();
+        h.append(
+            vec![msg("r", s, "{}")],
+            epochs(&["r"]),
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+    }
+    // Reads are served while the batch is still filling, not after it.
+    let (seqs_now, _) = range(&h, "r", None, None, 10);
+    assert!(seqs_now.is_empty());
+    assert!(rx.try_recv().is_err(), "batch committed before shutdown");
+    store.shutdown().unwrap();
+    drop(tx);
+    let results: Vec<_> = rx.iter().collect();
+    assert_eq!(results.len() as u64, N);
+    assert!(results.iter().all(|r| r == &vec![Ok(())]));
+    assert!(!h.is_available());
+    // After shutdown the handle answers at once instead of hanging.
+    assert!(matches!(
+        append(&h, vec![msg("r", N + 1, "{}")], vec![])[0],
+        Err(StoreError::Unavailable(_))
+    ));
+
+    cfg.batch_delay = Duration::from_millis(1);
+    let (store, h) = SqliteStore::open(cfg).unwrap();
+    assert_eq!(store.load_rooms().unwrap()[0].last_seq, N);
+    let (all, more) = range(&h, "r", Some(0), None, 10_000);
+    assert!(!more);
+    assert_eq!(all, seqs(1..=N));
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn full_queue_answers_busy_immediately() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("c.db"), Durability::Relaxed);
+    cfg.queue_capacity = 1;
+    cfg.batch_delay = Duration::ZERO;
+    let (store, h) = SqliteStore::open(cfg).unwrap();
+    // Park the store thread inside a reply so the queue cannot drain.
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    h.append(
+        vec![msg("r", 1, "{}")],
+        epochs(&["r"]),
+        Box::new(move |_| {
+            entered_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        }),
+    );
+    entered_rx.recv_timeout(WAIT).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let tx2 = tx.clone();
+    h.append(
+        vec![msg("r", 2, "{}")],
+        vec![],
+        Box::new(move |r| tx.send(r).unwrap()),
+    );
+    h.append(
+        vec![msg("r", 3, "{}")],
+        vec![],
+        Box::new(move |r| tx2.send(r).unwrap()),
+    );
+    // The second one found the single slot taken: answered on this thread.
+    assert_eq!(rx.try_recv().unwrap(), vec![Err(StoreError::Busy)]);
+    assert_eq!(h.queued(), 1);
+    release_tx.send(()).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), vec![Ok(())]);
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn panicking_reply_does_not_kill_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, h) =
+        SqliteStore::open(config(&dir.path().join("c.db"), Durability::Relaxed)).unwrap();
+    h.append(
+        vec![msg("r", 1, "{}")],
+        epochs(&["r"]),
+        Box::new(|_| panic!("callback bug")),
+    );
+    append_ok(&h, "r", 2..=2);
+    assert!(h.is_available());
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn dropping_everything_stops_the_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let (store, h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
+    let (tx, rx) = mpsc::channel();
+    h.append(
+        vec![msg("r", 1, "{}")],
+        epochs(&["r"]),
+        Box::new(move |r| tx.send(r).unwrap()),
+    );
+    drop(store);
+    drop(h);
+    // The thread flushes what was queued, then exits.
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), vec![Ok(())]);
+    // SQLite removes the WAL file when the last connection closes, which
+    // shows the thread really ended.
+    let wal = dir.path().join("c.db-wal");
+    let mut waited = Duration::ZERO;
+    while wal.exists() {
+        assert!(waited < WAIT, "store thread still holds the database");
+        thread::sleep(Duration::from_millis(20));
+        waited += Duration::from_millis(20);
+    }
+}

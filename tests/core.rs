@@ -1,0 +1,500 @@
+//! Core server behaviour through real sockets: upgrade and auth, close
+//! codes, heartbeats, timeouts, shutdown, metrics, shards.
+
+mod common;
+use common::*;
+use corechat::ws::{self, OpCode, Parse};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// A raw WebSocket connection, to send frames a correct client never would.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    fn open(addr: &str, token: &str) -> Raw {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = format!(
+            "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = Raw { s, buf: Vec::new() };
+        let head = raw.read_until(b"\r\n\r\n");
+        let text = String::from_utf8_lossy(&head).to_string();
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        assert!(
+            text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "accept key: {text}"
+        );
+        raw
+    }
+
+    fn read_until(&mut self, pat: &[u8]) -> Vec<u8> {
+        loop {
+            if let Some(i) = self.buf.windows(pat.len()).position(|w| w == pat) {
+                let rest = self.buf.split_off(i + pat.len());
+                return std::mem::replace(&mut self.buf, rest);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.s.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed before {pat:?}");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// Next frame from the server: (opcode, payload); None at EOF.
+    fn frame(&mut self) -> Option<(OpCode, Vec<u8>)> {
+        loop {
+            let mut copy = self.buf.clone();
+            if let Ok(Parse::Frame(h)) = ws::parse_server_frame(&mut copy, 1 << 24) {
+                let payload = copy[h.payload_start..h.total_len()].to_vec();
+                self.buf.drain(..h.total_len());
+                return Some((h.opcode, payload));
+            }
+            let mut chunk = [0u8; 4096];
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads frames until a close; returns its code.
+    fn close_code(&mut self) -> Option<u16> {
+        while let Some((op, payload)) = self.frame() {
+            if op == OpCode::Close {
+                return Some(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+        None
+    }
+}
+
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+#[test]
+fn welcome_carries_the_session_facts() {
+    let srv = Server::start(&[
+        "--shards",
+        "2",
+        "--node-id",
+        "node-a",
+        "--heartbeat-ms",
+        "25000",
+    ]);
+    let mut c = Client::connect(&srv.ws_url(&token("alice")));
+    let w = c.recv_json();
+    assert_eq!(w["type"], "welcome");
+    assert_eq!(w["user"], "alice");
+    assert_eq!(w["name"], "Name alice");
+    assert_eq!(w["node"], "node-a");
+    assert_eq!(w["heartbeat_ms"], 25000);
+    assert!(w["session"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(
+        w["limits"],
+        json!({"max_frame_bytes": 65536, "max_body_bytes": 16384, "rate_per_sec": 20, "burst": 40})
+    );
+    c.send_json(json!({"type": "ping", "id": "p1"}));
+    assert_eq!(c.recv_json(), json!({"type": "pong", "id": "p1"}));
+}
+
+#[test]
+fn bearer_header_is_accepted() {
+    let srv = Server::start(&[]);
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {}\r\n\r\n",
+        token("bob")
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+}
+
+#[test]
+fn auth_failures_are_401_with_json() {
+    let srv = Server::start(&[]);
+    let upgrade = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let (status, body) = srv.http("GET", "/ws", &upgrade, "");
+    assert_eq!(status, 401);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"],
+        "missing token"
+    );
+    let (status, body) = srv.http("GET", "/ws?token=garbage", &upgrade, "");
+    assert_eq!(status, 401);
+    assert!(body.contains("error"));
+    let wrong = corechat::auth::Authenticator::new(Some(b"another-secret"), None).unwrap();
+    let bad_sig = wrong
+        .mint(
+            "eve",
+            None,
+            Some(60),
+            None,
+            false,
+            corechat::auth::now_secs(),
+        )
+        .unwrap();
+    let (status, body) = srv.http("GET", &format!("/ws?token={bad_sig}"), &upgrade, "");
+    assert_eq!(status, 401, "{body}");
+    let expired = authenticator()
+        .mint(
+            "old",
+            None,
+            Some(1),
+            None,
+            false,
+            corechat::auth::now_secs() - 100,
+        )
+        .unwrap();
+    let (status, body) = srv.http("GET", &format!("/ws?token={expired}"), &upgrade, "");
+    assert_eq!(status, 401);
+    assert!(body.contains("expired"), "{body}");
+    assert!(srv.metric("corechat_auth_failures_total", None) >= 4.0);
+}
+
+#[test]
+fn origin_and_per_ip_caps() {
+    let srv = Server::start(&[
+        "--allowed-origin",
+        "https://chat.example",
+        "--max-conns-per-ip",
+        "2",
+    ]);
+    let t = token("carol");
+    let base = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let mut with_origin = base.to_vec();
+    with_origin.push(("Origin", "https://evil.example"));
+    let (status, _) = srv.http("GET", &format!("/ws?token={t}"), &with_origin, "");
+    assert_eq!(status, 403);
+    let (status, _) = srv.http("GET", &format!("/ws?token={t}"), &base, "");
+    assert_eq!(
+        status, 403,
+        "a missing Origin is refused when origins are configured"
+    );
+    // Two allowed connections, the third from the same IP is refused.
+    let url = srv.ws_url(&t);
+    let req = |url: &str| {
+        let mut r = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+        r.headers_mut()
+            .insert("Origin", "https://chat.example".parse().unwrap());
+        r
+    };
+    let s1 = TcpStream::connect(&srv.addr).unwrap();
+    let _c1 = tungstenite::client(req(&url), s1).expect("first");
+    let s2 = TcpStream::connect(&srv.addr).unwrap();
+    let _c2 = tungstenite::client(req(&url), s2).expect("second");
+    let s3 = TcpStream::connect(&srv.addr).unwrap();
+    match tungstenite::client(req(&url), s3) {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            assert_eq!(resp.status().as_u16(), 429)
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn upgrades_per_ip_per_second_are_capped() {
+    let srv = Server::start(&["--max-upgrades-per-ip-per-sec", "3"]);
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        match Client::try_connect(&srv.ws_url(&token("dave"))) {
+            Ok(_) => statuses.push(101),
+            Err(tungstenite::Error::Http(resp)) => statuses.push(resp.status().as_u16()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|&&s| s == 101).count() >= 3,
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn http_endpoints() {
+    let srv = Server::start(&[]);
+    let (status, body) = srv.http("GET", "/health", &[], "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"],
+        "ok"
+    );
+    let (status, _) = srv.http("GET", "/ready", &[], "");
+    assert_eq!(status, 200);
+    let (status, body) = srv.http("GET", "/no/such/path", &[], "");
+    assert_eq!(status, 404);
+    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string());
+    let (status, body) = srv.http("GET", "/", &[], "");
+    assert_eq!(status, 200);
+    assert!(body.contains("<html") || body.contains("<!doctype") || body.contains("<!DOCTYPE"));
+    let (status, _) = srv.http("GET", "/ws", &[], "");
+    assert_eq!(status, 426, "a plain GET /ws is not an upgrade");
+}
+
+#[test]
+fn close_codes_for_protocol_violations() {
+    let srv = Server::start(&["--max-frame-bytes", "1000", "--max-body-bytes", "500"]);
+    let t = token("erin");
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("unmasked", ws::frame(OpCode::Text, b"{}").to_vec(), 1002),
+        (
+            "reserved opcode",
+            {
+                let mut f = ws::client_frame(OpCode::Text, b"{}", MASK);
+                f[0] = 0x83;
+                f
+            },
+            1002,
+        ),
+        (
+            "rsv bit",
+            {
+                let mut f = ws::client_frame(OpCode::Text, b"{}", MASK);
+                f[0] |= 0x40;
+                f
+            },
+            1002,
+        ),
+        (
+            "binary",
+            ws::client_frame(OpCode::Binary, b"\x01\x02", MASK),
+            1003,
+        ),
+        (
+            "invalid utf-8",
+            ws::client_frame(OpCode::Text, b"\"\xff\xfe\"", MASK),
+            1007,
+        ),
+        (
+            "too big",
+            ws::client_frame(OpCode::Text, &vec![b' '; 2000], MASK),
+            1009,
+        ),
+        (
+            "too big after reassembly",
+            {
+                let mut a = ws::client_frame(OpCode::Text, &vec![b' '; 600], MASK);
+                a[0] &= 0x7f; // not final
+                let b = ws::client_frame(OpCode::Continuation, &vec![b' '; 600], MASK);
+                a.extend_from_slice(&b);
+                a
+            },
+            1009,
+        ),
+        (
+            "unexpected continuation",
+            ws::client_frame(OpCode::Continuation, b"x", MASK),
+            1002,
+        ),
+    ];
+    for (name, bytes, code) in cases {
+        let mut raw = Raw::open(&srv.addr, &t);
+        let (op, _) = raw.frame().expect("welcome");
+        assert_eq!(op, OpCode::Text);
+        raw.send(&bytes);
+        assert_eq!(raw.close_code(), Some(code), "case {name}");
+    }
+    // A valid fragmented message is reassembled and answered.
+    let mut raw = Raw::open(&srv.addr, &t);
+    raw.frame().expect("welcome");
+    let mut a = ws::client_frame(OpCode::Text, br#"{"type":"pi"#, MASK);
+    a[0] &= 0x7f;
+    raw.send(&a);
+    raw.send(&ws::client_frame(OpCode::Ping, b"hb", MASK));
+    raw.send(&ws::client_frame(
+        OpCode::Continuation,
+        br#"ng","id":3}"#,
+        MASK,
+    ));
+    let (op, payload) = raw.frame().unwrap();
+    assert_eq!((op, payload.as_slice()), (OpCode::Pong, &b"hb"[..]));
+    let (op, payload) = raw.frame().unwrap();
+    assert_eq!(op, OpCode::Text);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&payload).unwrap(),
+        json!({"type": "pong", "id": 3})
+    );
+    // A client close is echoed with its code.
+    raw.send(&ws::client_frame(
+        OpCode::Close,
+        &1000u16.to_be_bytes(),
+        MASK,
+    ));
+    assert_eq!(raw.close_code(), Some(1000));
+    assert!(srv.metric("corechat_disconnects_total", None) >= 8.0);
+}
+
+#[test]
+fn silent_client_is_dropped_after_heartbeat_timeout() {
+    let srv = Server::start(&["--heartbeat-ms", "200", "--heartbeat-timeout-ms", "200"]);
+    let mut raw = Raw::open(&srv.addr, &token("frank"));
+    // The server pings; this client never answers, so it is dropped.
+    let mut saw_ping = false;
+    while let Some((op, _)) = raw.frame() {
+        if op == OpCode::Ping {
+            saw_ping = true;
+        }
+    }
+    assert!(saw_ping, "server sends pings");
+    assert!(srv.metric_with("corechat_disconnects_total", "reason=\"heartbeat_timeout\"") >= 1.0);
+    // A client that answers pings (tungstenite does) stays connected.
+    let mut c = srv.client("grace");
+    c.ws.get_mut()
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_millis(1200);
+    while std::time::Instant::now() < until {
+        // Reading lets tungstenite answer the server's pings.
+        match c.ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("dropped although answering pings: {e}"),
+        }
+    }
+    c.ws.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    c.send_json(json!({"type": "ping", "id": 1}));
+    assert_eq!(c.recv_type("pong")["id"], 1);
+}
+
+#[test]
+fn slow_handshake_is_dropped() {
+    let srv = Server::start(&["--handshake-timeout-ms", "300"]);
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "connection closed without a response");
+    assert!(srv.metric_with("corechat_disconnects_total", "reason=\"handshake_timeout\"") >= 1.0);
+}
+
+#[test]
+fn expired_token_closes_open_connection_with_1008() {
+    let srv = Server::start(&["--heartbeat-ms", "100"]);
+    let t = authenticator()
+        .mint(
+            "henry",
+            None,
+            Some(2),
+            None,
+            false,
+            corechat::auth::now_secs(),
+        )
+        .unwrap();
+    let mut c = Client::connect(&srv.ws_url(&t));
+    assert_eq!(c.recv_json()["type"], "welcome");
+    assert_eq!(c.recv_close(), Some(1008));
+}
+
+#[test]
+fn sigterm_closes_with_1001_and_exits() {
+    let mut srv = Server::start(&["--shards", "2", "--drain-timeout-ms", "3000"]);
+    let mut clients: Vec<Client> = (0..4).map(|i| srv.client(&format!("s{i}"))).collect();
+    srv.signal(15);
+    for c in clients.iter_mut() {
+        assert_eq!(c.recv_close(), Some(1001));
+    }
+    let status = srv
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn connections_land_on_every_shard_and_metrics_move() {
+    let srv = Server::start(&["--shards", "2"]);
+    let mut clients: Vec<Client> = (0..24).map(|i| srv.client(&format!("m{i}"))).collect();
+    for c in clients.iter_mut() {
+        c.send_json(json!({"type": "ping"}));
+        c.recv_type("pong");
+    }
+    let shard0 = srv.metric("corechat_connections_open", Some(0));
+    let shard1 = srv.metric("corechat_connections_open", Some(1));
+    // 24 WebSockets, plus the HTTP connection asking for the metrics.
+    assert_eq!(srv.metric("corechat_connections_open", None), 25.0);
+    assert!(
+        shard0 >= 1.0 && shard1 >= 1.0,
+        "both shards got connections: {shard0} / {shard1}"
+    );
+    assert!(srv.metric("corechat_frames_in_total", None) >= 24.0);
+    assert!(srv.metric("corechat_frames_out_total", None) >= 48.0);
+    assert!(srv.metric("corechat_bytes_in_total", None) > 0.0);
+    assert!(srv.metric("corechat_bytes_out_total", None) > 0.0);
+    assert!(srv.metric("corechat_connections_total", None) >= 24.0);
+}
+
+#[test]
+fn invalid_configuration_exits_2_with_one_line() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corechat"))
+        .args(["serve", "--shards", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shards"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corechat"))
+        .args(["token", "--user", "u1", "--jwt-secret", SECRET])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let tok = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        &*authenticator()
+            .verify(&tok, corechat::auth::now_secs())
+            .unwrap()
+            .user,
+        "u1"
+    );
+}
+
+#[test]
+fn echo_mode_echoes_text_and_binary() {
+    let srv = Server::spawn(vec![
+        "echo".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--shards".into(),
+        "2".into(),
+        "--no-pin".into(),
+    ]);
+    let mut c = Client::connect(&format!("ws://{}/ws", srv.addr));
+    c.ws.send(tungstenite::Message::text("hello")).unwrap();
+    assert_eq!(c.recv_text(), "hello");
+    c.ws.send(tungstenite::Message::binary(vec![1u8, 2, 3]))
+        .unwrap();
+    loop {
+        match c.ws.read().unwrap() {
+            tungstenite::Message::Binary(b) => {
+                assert_eq!(&b[..], &[1, 2, 3]);
+                break;
+            }
+            _ => continue,
+        }
+    }
+}
