@@ -133,6 +133,16 @@ impl Core {
         }
     }
 
+    /// Asks for the connection's queue to be written at the end of the turn.
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
     /// Queues raw bytes regardless of phase (HTTP responses, close frames).
     fn push_raw(&mut self, key: usize, bytes: Bytes) {
         let Some(conn) = self.conns.get_mut(key) else {
@@ -331,8 +341,13 @@ impl Shard {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(key);
                         }
+                        // Written at the end of the turn, after the bus:
+                        // a reply must never overtake the bus messages the
+                        // same turn produced (a `welcome` seen by the client
+                        // before its user home knows the connection would
+                        // let a DM sent right after miss it).
                         if event.is_writable() {
-                            self.flush(key);
+                            self.core.mark_dirty(key);
                         }
                     }
                 }
