@@ -95,6 +95,8 @@ enum JoinState {
 /// A message frame kept in a room's ring.
 struct RingEntry {
     seq: u64,
+    /// Server time of the message (ms), for age retention.
+    ts: u64,
     frame: Bytes,
     /// Length of the WebSocket header in `frame`.
     hdr: usize,
@@ -113,7 +115,6 @@ struct Pending {
     entry: RingEntry,
     reply: ReplyTo,
     id: ReqId,
-    ts: u64,
     received: Instant,
 }
 
@@ -142,6 +143,14 @@ struct HomeRoom {
 impl HomeRoom {
     fn first_in_ring(&self) -> u64 {
         self.ring.front().map_or(self.committed + 1, |e| e.seq)
+    }
+
+    /// Forgets ring entries older than `cutoff_ts`: what age retention
+    /// deletes from the store must not live on in memory (nor be replayed).
+    fn expire_ring(&mut self, cutoff_ts: u64) {
+        while self.ring.front().is_some_and(|e| e.ts < cutoff_ts) {
+            self.ring.pop_front();
+        }
     }
 }
 
@@ -189,7 +198,10 @@ struct JoinRequest {
 pub struct ChatShard {
     shard: usize,
     shards: usize,
+    /// Ring size: `--history-ring`, but never more than retention keeps.
     ring_cap: usize,
+    /// `--retention-age` in ms: older ring entries are dropped.
+    retention_age_ms: Option<u64>,
     /// Room -> local member connection keys (member role).
     local: HashMap<Arc<str>, Vec<usize>>,
     /// User -> local connection keys (for DMs).
@@ -246,7 +258,20 @@ impl ChatShard {
         let mut chat = ChatShard {
             shard,
             shards,
-            ring_cap: shared.cfg.history_ring.max(1),
+            ring_cap: shared
+                .cfg
+                .history_ring
+                .min(
+                    shared
+                        .cfg
+                        .retention_messages
+                        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+                )
+                .max(1),
+            retention_age_ms: shared
+                .cfg
+                .retention_age
+                .map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
             local: HashMap::new(),
             users_here: HashMap::new(),
             homes: HashMap::new(),
@@ -982,9 +1007,15 @@ impl ChatShard {
             self.new_home_room(room.clone(), new_epoch());
         }
         let shards = self.shards;
+        let cutoff = self
+            .retention_age_ms
+            .map(|age| now_unix_ms().saturating_sub(age));
         let home = self.homes.get_mut(room).expect("inserted above");
         if home.shard_members.len() != shards {
             home.shard_members.resize(shards, 0);
+        }
+        if let Some(cutoff) = cutoff {
+            home.expire_ring(cutoff);
         }
         home
     }
@@ -1023,10 +1054,14 @@ impl ChatShard {
         // the payload so the ring knows exactly where the JSON starts.
         let hdr = header_of(&frame).unwrap_or(hdr);
         let pending = Pending {
-            entry: RingEntry { seq, frame, hdr },
+            entry: RingEntry {
+                seq,
+                ts,
+                frame,
+                hdr,
+            },
             reply,
             id,
-            ts,
             received,
         };
         if store.is_some() {
@@ -1059,6 +1094,7 @@ impl ChatShard {
         room.committed = p.entry.seq;
         let frame = p.entry.frame.clone();
         let seq = p.entry.seq;
+        let ts = p.entry.ts;
         room.ring.push_back(p.entry);
         while room.ring.len() > ring_cap {
             room.ring.pop_front();
@@ -1089,7 +1125,7 @@ impl ChatShard {
                 protocol::write_id(&mut ack, &p.id);
                 ack.extend_from_slice(b"\"room\":\"");
                 ack.extend_from_slice(room_name.as_bytes());
-                let _ = write!(ack, "\",\"seq\":{seq},\"ts\":{}}}", p.ts);
+                let _ = write!(ack, "\",\"seq\":{seq},\"ts\":{ts}}}");
                 core.bus(
                     conn.shard as usize,
                     BusMsg::ToConn {
@@ -1101,7 +1137,7 @@ impl ChatShard {
             ReplyTo::Http(conn) => {
                 ack.extend_from_slice(b"{\"room\":\"");
                 ack.extend_from_slice(room_name.as_bytes());
-                let _ = write!(ack, "\",\"seq\":{seq},\"ts\":{}}}", p.ts);
+                let _ = write!(ack, "\",\"seq\":{seq},\"ts\":{ts}}}");
                 core.bus(
                     conn.shard as usize,
                     BusMsg::HttpReply {

@@ -225,6 +225,10 @@ pub struct ServeArgs {
     #[arg(long, env = "CORECHAT_RETENTION_AGE", value_name = "DURATION",
           value_parser = parse_duration)]
     pub retention_age: Option<Duration>,
+    /// How often the retention pass runs, e.g. 10s, 5m [default: 60s]
+    #[arg(long, env = "CORECHAT_RETENTION_INTERVAL", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub retention_interval: Option<Duration>,
 }
 
 /// The `--config` file: same names as the flags, in snake_case.
@@ -261,8 +265,10 @@ struct FileConfig {
     batch_max: Option<usize>,
     batch_delay_us: Option<u64>,
     retention_messages: Option<u64>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_retention_age")]
     retention_age: Option<Duration>,
+    #[serde(default, deserialize_with = "de_retention_interval")]
+    retention_interval: Option<Duration>,
 }
 
 impl FileConfig {
@@ -288,11 +294,22 @@ impl FileConfig {
     }
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+fn de_duration_named<'de, D: Deserializer<'de>>(
+    d: D,
+    name: &str,
+) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s)
         .map(Some)
-        .map_err(|e| serde::de::Error::custom(format!("retention_age: {e}")))
+        .map_err(|e| serde::de::Error::custom(format!("{name}: {e}")))
+}
+
+fn de_retention_age<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration_named(d, "retention_age")
+}
+
+fn de_retention_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration_named(d, "retention_interval")
 }
 
 /// Parses `90s`, `30m`, `12h`, `7d` (a positive integer and one unit).
@@ -351,6 +368,7 @@ pub struct Config {
     pub batch_delay_us: u64,
     pub retention_messages: Option<u64>,
     pub retention_age: Option<Duration>,
+    pub retention_interval: Duration,
     /// No secret or public key was configured: `jwt_secret` was generated
     /// at start (tokens die with the process) and guest login is on.
     pub random_secret: bool,
@@ -392,6 +410,7 @@ impl Default for Config {
             batch_delay_us: 500,
             retention_messages: None,
             retention_age: None,
+            retention_interval: Duration::from_secs(60),
             random_secret: false,
         }
     }
@@ -437,6 +456,7 @@ impl fmt::Debug for Config {
             .field("batch_delay_us", &self.batch_delay_us)
             .field("retention_messages", &self.retention_messages)
             .field("retention_age", &self.retention_age)
+            .field("retention_interval", &self.retention_interval)
             .field("random_secret", &self.random_secret)
             .finish()
     }
@@ -525,6 +545,7 @@ impl Config {
             batch_delay_us: pick!(batch_delay_us),
             retention_messages: pick!(retention_messages, optional),
             retention_age: pick!(retention_age, optional),
+            retention_interval: pick!(retention_interval),
             random_secret: false,
         };
         cfg.validate()?;
@@ -616,6 +637,9 @@ impl Config {
         }
         if self.retention_age == Some(Duration::ZERO) {
             return Err(invalid("retention-age", "must be greater than zero"));
+        }
+        if self.retention_interval.is_zero() {
+            return Err(invalid("retention-interval", "must be greater than zero"));
         }
         Ok(())
     }

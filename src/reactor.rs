@@ -963,7 +963,9 @@ impl Shard {
         if failed {
             self.remove(key, DisconnectReason::IoError);
         } else if drained && phase == Phase::Draining {
-            let _ = conn.sock.shutdown(std::net::Shutdown::Write);
+            // `remove` counts the connection closed before dropping the
+            // socket sends the FIN, so a client that saw the end of the
+            // response never finds it still counted in /metrics.
             self.remove(key, DisconnectReason::HttpDone);
         }
     }

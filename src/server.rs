@@ -69,6 +69,7 @@ fn open_store(cfg: &Config) -> Result<Option<(SqliteStore, store::StoreHandle)>,
     sc.batch_delay = Duration::from_micros(cfg.batch_delay_us);
     sc.retention_messages = cfg.retention_messages;
     sc.retention_age = cfg.retention_age;
+    sc.retention_interval = cfg.retention_interval;
     let (st, handle) = SqliteStore::open(sc)?;
     Ok(Some((st, handle)))
 }

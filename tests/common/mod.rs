@@ -2,6 +2,8 @@
 //! it over real sockets with a tungstenite client.
 #![allow(dead_code)]
 
+pub mod chat;
+
 use corechat::auth::{now_secs, Authenticator};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
