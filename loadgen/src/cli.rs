@@ -35,6 +35,11 @@ pub enum Cmd {
     Connect(ConnectArgs),
     /// S6: one connection, ping/pong at R/s: round-trip p50/p99
     Rtt(RttArgs),
+    /// Durable store cost (extension, corechat only): C connections publish into R rooms
+    /// (connection i joins room i mod R), W publishes in flight each (closed loop, or capped by
+    /// --rate): acks/s, publish->ack latency p50/p90/p99/p99.9/max, errors by code
+    #[command(after_help = ACKS_HELP)]
+    Acks(AcksArgs),
     /// Run a tiny built-in corechat-compatible server (batched writes) to measure the load
     /// generator's own ceiling: `taskset -c 1 loadgen mock-server & taskset -c 0 loadgen fanout ...`
     MockServer {
@@ -276,6 +281,47 @@ pub struct RttArgs {
     pub ws_ping: bool,
 }
 
+const ACKS_HELP: &str = "\
+corechat acks a publish only after the message is stored (PROTOCOL.md 5.3), so the ack latency
+includes the store's group commit (and fsync with --durability sync). The server's per-connection
+rate limit (default 20/s) must be lifted, e.g.:
+
+  taskset -c 1 corechat serve --shards 1 --no-pin --jwt-secret S --store sqlite \\
+      --data-dir $(mktemp -d) --durability sync --rate-per-sec 1000000 --burst 1000000 &
+  taskset -c 0 loadgen acks --jwt-secret S --rooms 1 --server-pid $! --out /tmp/acks
+
+Every publisher is a member of its room, so it also receives the room's messages: with
+--rooms 1 each publish is delivered to all --conns connections. Errors (rate_limited,
+unavailable, ...) free the in-flight slot and are counted by code. Peers are refused: they
+have no store to measure.";
+
+#[derive(Args, Debug, Clone)]
+pub struct AcksArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Publishing connections (C)
+    #[arg(long, default_value_t = 50)]
+    pub conns: usize,
+    /// Rooms (R): connection i joins and publishes to room i mod R
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Publishes in flight per connection (W); 1 = wait for each ack before the next publish
+    #[arg(long, default_value_t = 1)]
+    pub window: usize,
+    /// Cap on the total publish rate, msg/s (0 = no cap: closed loop)
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Body size (B), bytes of JSON
+    #[arg(long, default_value_t = 64)]
+    pub body: usize,
+    /// Measurement, seconds
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Warm-up before measuring, seconds
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+}
+
 /// A parsed ws:// URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsUrl {
@@ -396,6 +442,42 @@ mod tests {
         };
         assert_eq!(a.rates, vec![200.0, 400.0]);
         assert_eq!(a.step_secs, 8.0);
+    }
+
+    #[test]
+    fn acks_defaults_and_flags() {
+        let Cmd::Acks(a) = Cli::parse_from(["loadgen", "acks"]).cmd else {
+            panic!()
+        };
+        assert_eq!((a.conns, a.rooms, a.window, a.body), (50, 1, 1, 64));
+        assert_eq!((a.rate, a.duration, a.warmup), (0.0, 10.0, 2.0));
+        assert_eq!(a.common.url, "ws://127.0.0.1:8080/ws");
+        assert_eq!(a.common.target, Target::Corechat);
+        assert_eq!(a.common.threads, 1);
+        let Cmd::Acks(a) = Cli::parse_from([
+            "loadgen",
+            "acks",
+            "--conns",
+            "4",
+            "--rooms",
+            "1000",
+            "--window",
+            "8",
+            "--rate",
+            "5000",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--body",
+            "200",
+        ])
+        .cmd
+        else {
+            panic!()
+        };
+        assert_eq!((a.conns, a.rooms, a.window, a.body), (4, 1000, 8, 200));
+        assert_eq!((a.rate, a.duration, a.warmup), (5000.0, 2.0, 0.5));
     }
 
     #[test]

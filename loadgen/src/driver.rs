@@ -571,6 +571,8 @@ impl Driver {
             total.published += f.published;
             total.acks += f.acks;
             total.pongs += f.pongs;
+            total.room_messages += f.room_messages;
+            total.unmatched += f.unmatched;
             total.late += f.late;
             total.untimed += f.untimed;
             total.publish_skipped += f.publish_skipped;

@@ -38,6 +38,9 @@ pub const MAX_WINDOWS: usize = 64;
 /// Publishing falls behind by more than this many messages: skip them instead of bursting.
 const MAX_BACKLOG: u64 = 10_000;
 
+/// `ThreadShared::rate_milli` value for "no rate cap" (acks: closed loop, bounded by the window).
+pub const RATE_UNLIMITED: u64 = u64::MAX;
+
 #[derive(Clone)]
 pub enum Auth {
     None,
@@ -52,6 +55,9 @@ pub enum Mode {
     Traffic { all_publish: bool },
     /// Round trips: `ping` requests (or WebSocket pings) from every connection.
     Ping,
+    /// Round trips through the store: every connection publishes to its room and times each
+    /// `publish` until its `ack`, with at most `Config::window` publishes in flight.
+    Acks,
     /// Connect and join only.
     Idle,
 }
@@ -75,6 +81,8 @@ pub struct Config {
     pub pin: bool,
     /// Use WebSocket ping/pong control frames for RTT even if the target has JSON ping.
     pub ws_ping: bool,
+    /// Acks: publishes in flight per connection.
+    pub window: usize,
 }
 
 impl Config {
@@ -84,7 +92,7 @@ impl Config {
     }
     pub fn is_publisher(&self, i: usize) -> bool {
         match self.mode {
-            Mode::Traffic { all_publish: true } | Mode::Ping => true,
+            Mode::Traffic { all_publish: true } | Mode::Ping | Mode::Acks => true,
             Mode::Traffic { all_publish: false } => i < self.rooms,
             Mode::Idle => false,
         }
@@ -161,7 +169,12 @@ impl Shared {
             } else {
                 total * publishers[t] as f64 / all as f64
             };
-            ts.rate_milli.store((r * 1000.0) as u64, Relaxed);
+            let milli = if r.is_infinite() && publishers[t] > 0 {
+                RATE_UNLIMITED
+            } else {
+                (r * 1000.0) as u64
+            };
+            ts.rate_milli.store(milli, Relaxed);
             ts.rate_gen.fetch_add(1, Release);
         }
     }
@@ -188,6 +201,8 @@ pub struct WinStats {
     pub expected: u64,
     pub received: u64,
     pub published: u64,
+    /// Acks: publishes of this window answered with an error (not counted in `expected`).
+    pub errors: u64,
     pub seq: SeqStats,
     collected: bool,
 }
@@ -199,6 +214,7 @@ impl WinStats {
             expected: 0,
             received: 0,
             published: 0,
+            errors: 0,
             seq: SeqStats::default(),
             collected: false,
         }
@@ -208,6 +224,7 @@ impl WinStats {
         self.expected += o.expected;
         self.received += o.received;
         self.published += o.published;
+        self.errors += o.errors;
         self.seq.merge(&o.seq);
     }
 }
@@ -225,6 +242,10 @@ pub struct FinalReport {
     pub published: u64,
     pub acks: u64,
     pub pongs: u64,
+    /// Acks: room messages received by the publishers (their own and their room mates').
+    pub room_messages: u64,
+    /// Acks: acks and errors whose id matched no publish in flight on their connection.
+    pub unmatched: u64,
     /// Deliveries of a window that arrived after it had been collected.
     pub late: u64,
     /// Messages whose body carried no send time.
@@ -284,6 +305,8 @@ struct Conn {
     out: Vec<u8>,
     /// Reassembly of a fragmented message.
     frag: Option<Vec<u8>>,
+    /// Acks: publishes awaiting their ack (id, send time ns, window), oldest first.
+    inflight: VecDeque<(u64, u64, u32)>,
 }
 
 type Reason = Cow<'static, str>;
@@ -335,6 +358,8 @@ pub struct Worker {
     /// Latencies since the last tick, per window (each delivery is recorded once).
     tick_hists: Vec<Option<Box<Hist>>>,
     ping_ring: Vec<(u64, u64, u32)>,
+    /// Acks, no rate cap: connections that got a reply and may have room in their window.
+    refill: Vec<u32>,
     last_cpu_sample: u64,
     fin: FinalReport,
 }
@@ -408,6 +433,7 @@ impl Worker {
                     pending: Vec::new(),
                     out: Vec::new(),
                     frag: None,
+                    inflight: VecDeque::new(),
                 }
             })
             .collect();
@@ -453,6 +479,7 @@ impl Worker {
             tick: 0,
             tick_hists: (0..MAX_WINDOWS).map(|_| None).collect(),
             ping_ring: vec![(0, 0, 0); 4096],
+            refill: Vec::new(),
             last_cpu_sample: 0,
             fin: FinalReport {
                 thread: id,
@@ -507,7 +534,8 @@ impl Worker {
 
     fn timeout(&self) -> Duration {
         let max = Duration::from_millis(5);
-        if self.rate <= 0.0 || self.publishers.is_empty() {
+        // no rate cap (acks): publishing is driven by the replies
+        if self.rate <= 0.0 || self.rate.is_infinite() || self.publishers.is_empty() {
             return max;
         }
         let next = self.rate_epoch + (self.rate_sent as f64 * 1e9 / self.rate) as u64;
@@ -539,9 +567,19 @@ impl Worker {
         let g = self.ts().rate_gen.load(Acquire);
         if g != self.rate_gen {
             self.rate_gen = g;
-            self.rate = self.ts().rate_milli.load(Relaxed) as f64 / 1000.0;
+            let milli = self.ts().rate_milli.load(Relaxed);
+            self.rate = if milli == RATE_UNLIMITED {
+                f64::INFINITY
+            } else {
+                milli as f64 / 1000.0
+            };
             self.rate_epoch = self.now;
             self.rate_sent = 0;
+            self.refill.clear();
+            if self.rate.is_infinite() {
+                // closed loop: fill every window now, then top up on each reply
+                self.refill.extend_from_slice(&self.publishers);
+            }
         }
         self.cur_window = self.sh.window.load(Acquire).min(MAX_WINDOWS as u32 - 1);
         self.max_window = self.max_window.max(self.cur_window);
@@ -1064,14 +1102,22 @@ impl Worker {
                 .classify_hinted(p, &mut c.seq_hint, &mut self.t_hint)
             {
                 In::Message { seq, tw } => self.on_message(slot, seq, tw),
-                In::Ack => self.fin.acks += 1,
+                In::Ack { id } => {
+                    self.fin.acks += 1;
+                    if self.cfg.mode == Mode::Acks {
+                        self.on_ack(slot, id, true);
+                    }
+                }
                 In::Pong { id } => self.on_pong(id),
-                In::Error { code } => {
+                In::Error { code, id } => {
                     *self
                         .fin
                         .errors
                         .entry(String::from_utf8_lossy(code).into_owned())
                         .or_default() += 1;
+                    if self.cfg.mode == Mode::Acks {
+                        self.on_ack(slot, id, false);
+                    }
                 }
                 In::EioPing => {
                     self.pbuf.clear();
@@ -1084,7 +1130,7 @@ impl Worker {
             return;
         }
         match (st, self.cls.classify(p)) {
-            (_, In::Error { code }) => {
+            (_, In::Error { code, .. }) => {
                 let why = format!("error {}", String::from_utf8_lossy(code));
                 self.close(slot, why.into());
             }
@@ -1109,11 +1155,18 @@ impl Worker {
 
     #[inline]
     fn on_message(&mut self, slot: usize, seq: Option<u64>, tw: Option<(u64, u32)>) {
-        self.fin.deliveries += 1;
         let check = match seq {
             Some(s) => self.conns[slot].seq.check(s),
             None => SeqCheck::Ok,
         };
+        if self.cfg.mode == Mode::Acks {
+            // the publishers' copies of their room's messages: checked for seq, not timed
+            // (the acks are what is measured, and they count as the deliveries)
+            self.fin.room_messages += 1;
+            self.fin.seq_other.add(check);
+            return;
+        }
+        self.fin.deliveries += 1;
         let Some((t, w)) = tw else {
             self.fin.untimed += 1;
             self.fin.seq_other.add(check);
@@ -1145,9 +1198,42 @@ impl Worker {
         if e.0 != id {
             return;
         }
-        let lat = self.now.saturating_sub(e.1);
+        self.on_reply(e.1, e.2);
+    }
+
+    /// The reply (ack or error) to a publish of connection `slot` in Acks mode: free its
+    /// place in the window and time it (an ack) or count it as failed (an error).
+    fn on_ack(&mut self, slot: usize, id: Option<u64>, ok: bool) {
+        let q = &mut self.conns[slot].inflight;
+        let pos = match id {
+            // replies come in order on one connection: the oldest is the likely one
+            Some(id) => q.iter().position(|e| e.0 == id),
+            None => (!q.is_empty()).then_some(0),
+        };
+        let Some((_, t, w)) = pos.and_then(|p| q.remove(p)) else {
+            self.fin.unmatched += 1;
+            return;
+        };
+        if self.rate.is_infinite() {
+            self.refill.push(slot as u32);
+        }
+        if ok {
+            self.on_reply(t, w);
+            return;
+        }
+        let w = w as usize;
+        if w > 0 && w < MAX_WINDOWS && !self.windows[w].collected {
+            let ws = &mut self.windows[w];
+            ws.errors += 1;
+            ws.expected = ws.expected.saturating_sub(1);
+        }
+    }
+
+    /// A reply to a request sent at `t` (ns) in window `w`: record its round trip.
+    fn on_reply(&mut self, t: u64, w: u32) {
+        let lat = self.now.saturating_sub(t);
         self.fin.deliveries += 1;
-        let w = e.2 as usize;
+        let w = w as usize;
         if w > 0 && w < MAX_WINDOWS && !self.windows[w].collected {
             self.windows[w].received += 1;
             self.record(w, lat);
@@ -1163,6 +1249,11 @@ impl Worker {
 
     fn publish_due(&mut self) {
         if self.rate <= 0.0 || self.publishers.is_empty() {
+            self.refill.clear();
+            return;
+        }
+        if self.rate.is_infinite() {
+            self.refill_windows();
             return;
         }
         let elapsed = self.now.saturating_sub(self.rate_epoch);
@@ -1176,6 +1267,10 @@ impl Worker {
         }
         while n > 0 {
             if !self.publish_one() {
+                if self.cfg.mode == Mode::Acks {
+                    // every window is full: the rate is a cap, do not catch up later
+                    self.rate_sent += n;
+                }
                 break;
             }
             self.rate_sent += 1;
@@ -1183,12 +1278,30 @@ impl Worker {
         }
     }
 
+    /// Acks without a rate cap: top up the window of every connection that got a reply.
+    fn refill_windows(&mut self) {
+        let mut list = std::mem::take(&mut self.refill);
+        let window = self.cfg.window.max(1);
+        for &slot in &list {
+            let slot = slot as usize;
+            while self.conns[slot].st == St::Ready && self.conns[slot].inflight.len() < window {
+                self.send_one(slot);
+            }
+        }
+        list.clear();
+        self.refill = list;
+    }
+
     fn publish_one(&mut self) -> bool {
         let np = self.publishers.len();
         for _ in 0..np {
             let slot = self.publishers[self.rr % np] as usize;
             self.rr = self.rr.wrapping_add(1);
-            if self.conns[slot].st == St::Ready && self.conns[slot].out.len() < (1 << 20) {
+            let c = &self.conns[slot];
+            if c.st == St::Ready
+                && c.out.len() < (1 << 20)
+                && (self.cfg.mode != Mode::Acks || c.inflight.len() < self.cfg.window.max(1))
+            {
                 self.send_one(slot);
                 return true;
             }
@@ -1204,7 +1317,8 @@ impl Worker {
         self.pbuf.clear();
         let expected_add;
         if self.cfg.mode == Mode::Ping {
-            self.ping_ring[(id as usize) % 4096] = (id, t, w);
+            let n = self.ping_ring.len();
+            self.ping_ring[(id as usize) % n] = (id, t, w);
             expected_add = 1;
             if self.cfg.target.has_json_ping() && !self.cfg.ws_ping {
                 proto::ping_payload(&mut self.pbuf, id);
@@ -1214,11 +1328,15 @@ impl Worker {
             }
         } else {
             let room = self.conns[slot].room;
-            expected_add = self
-                .members
-                .as_ref()
-                .map(|m| m[room as usize] as u64)
-                .unwrap_or(0);
+            expected_add = if self.cfg.mode == Mode::Acks {
+                self.conns[slot].inflight.push_back((id, t, w));
+                1
+            } else {
+                self.members
+                    .as_ref()
+                    .map(|m| m[room as usize] as u64)
+                    .unwrap_or(0)
+            };
             proto::publish_payload(
                 &mut self.pbuf,
                 self.cfg.target,

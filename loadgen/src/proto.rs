@@ -156,12 +156,17 @@ pub enum In<'a> {
     Joined {
         seq: Option<u64>,
     },
-    Ack,
+    /// `ack` of a publish, with the request's id if numeric.
+    Ack {
+        id: Option<u64>,
+    },
     Pong {
         id: Option<u64>,
     },
+    /// `error`, with its code and the request's id if numeric.
     Error {
         code: &'a [u8],
+        id: Option<u64>,
     },
     /// Engine.IO open packet (`0{...}`).
     EioOpen,
@@ -406,12 +411,15 @@ impl Classifier {
             b"joined" => In::Joined {
                 seq: self.u64_field(&self.f_seq, p),
             },
-            b"ack" => In::Ack,
+            b"ack" => In::Ack {
+                id: self.u64_field(&self.f_id, p),
+            },
             b"pong" => In::Pong {
                 id: self.u64_field(&self.f_id, p),
             },
             b"error" => In::Error {
                 code: self.string_field(&self.f_code, p).unwrap_or(b"?"),
+                id: self.u64_field(&self.f_id, p),
             },
             _ => In::Other(ty),
         }
@@ -431,9 +439,12 @@ impl Classifier {
                 let ev = str_until_quote(rest);
                 match ev {
                     b"joined" => In::Joined { seq: None },
-                    b"ack" => In::Ack,
+                    b"ack" => In::Ack {
+                        id: self.u64_field(&self.f_id, p),
+                    },
                     b"error" => In::Error {
                         code: self.string_field(&self.f_code, p).unwrap_or(b"?"),
+                        id: self.u64_field(&self.f_id, p),
                     },
                     _ => In::Other(ev),
                 }
@@ -552,12 +563,29 @@ mod tests {
         assert_eq!(
             c.classify(br#"{"type":"error","id":4,"code":"rate_limited","message":"slow down","retry_after_ms":50}"#),
             In::Error {
-                code: b"rate_limited"
+                code: b"rate_limited",
+                id: Some(4)
             }
         );
         assert_eq!(
             c.classify(br#"{"type":"ack","id":4,"room":"r","seq":1,"ts":2}"#),
-            In::Ack
+            In::Ack { id: Some(4) }
+        );
+        // key order of other servers, string ids
+        assert_eq!(
+            c.classify(br#"{"id":17,"room":"r","seq":1,"ts":2,"type":"ack"}"#),
+            In::Ack { id: Some(17) }
+        );
+        assert_eq!(
+            c.classify(br#"{"type":"ack","id":"x","room":"r","seq":1,"ts":2}"#),
+            In::Ack { id: None }
+        );
+        assert_eq!(
+            c.classify(br#"{"type":"error","code":"unavailable","message":"store down"}"#),
+            In::Error {
+                code: b"unavailable",
+                id: None
+            }
         );
         assert_eq!(
             c.classify(br#"{"type":"user_joined","room":"r","user":"u","name":"u"}"#),
@@ -577,7 +605,7 @@ mod tests {
         );
         assert_eq!(
             s.classify(br#"42["ack",{"type":"ack","id":1,"seq":1}]"#),
-            In::Ack
+            In::Ack { id: Some(1) }
         );
         assert_eq!(s.classify(br#"44{"message":"no"}"#), In::SioRefused);
     }

@@ -391,6 +391,35 @@ pub fn table_text(dirs: &[PathBuf], markdown: bool) -> anyhow::Result<String> {
                     ]
                 }),
             ),
+            "acks" => (
+                vec![
+                    "server",
+                    "acks/s",
+                    "p50 ms",
+                    "p90 ms",
+                    "p99 ms",
+                    "p99.9 ms",
+                    "max ms",
+                    "errors",
+                    "unacked",
+                    "server CPU %",
+                ],
+                Box::new(|s: &Value| {
+                    let f = &s["figures"];
+                    let l = &f["ack_ms"];
+                    vec![
+                        rate_s(num(&f["acks_per_sec"])),
+                        f2(num(&l["p50"])),
+                        f2(num(&l["p90"])),
+                        f2(num(&l["p99"])),
+                        f2(num(&l["p99_9"])),
+                        f2(num(&l["max"])),
+                        f["errors"].to_string(),
+                        f["unacked"].to_string(),
+                        f1(num(&f["server_cpu_pct"])),
+                    ]
+                }),
+            ),
             _ => continue,
         };
         let _ = writeln!(

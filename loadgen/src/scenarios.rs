@@ -21,6 +21,7 @@ pub enum Kind {
     Bigroom,
     Connect,
     Rtt,
+    Acks,
 }
 
 impl Kind {
@@ -33,6 +34,7 @@ impl Kind {
             Kind::Bigroom => "bigroom",
             Kind::Connect => "connect",
             Kind::Rtt => "rtt",
+            Kind::Acks => "acks",
         }
     }
 }
@@ -54,6 +56,8 @@ pub struct Spec {
     pub max_loss_pct: f64,
     pub all_steps: bool,
     pub ws_ping: bool,
+    /// Acks: publishes in flight per connection.
+    pub window: usize,
 }
 
 impl Spec {
@@ -73,6 +77,7 @@ impl Spec {
             max_loss_pct: 0.1,
             all_steps: false,
             ws_ping: false,
+            window: 1,
         }
     }
 
@@ -144,6 +149,17 @@ impl Spec {
                 },
                 a.common.clone(),
             ),
+            Acks(a) => (
+                Spec {
+                    rate: a.rate,
+                    body: a.body,
+                    warmup: a.warmup,
+                    duration: a.duration,
+                    window: a.window,
+                    ..Spec::base(Kind::Acks, a.conns, a.rooms)
+                },
+                a.common.clone(),
+            ),
             Compare { .. } | Plot { .. } | MockServer { .. } | Table { .. } => return None,
         })
     }
@@ -154,6 +170,7 @@ impl Spec {
             Kind::Rooms => Mode::Traffic { all_publish: true },
             Kind::Idle | Kind::Connect => Mode::Idle,
             Kind::Rtt => Mode::Ping,
+            Kind::Acks => Mode::Acks,
         }
     }
 
@@ -185,6 +202,13 @@ impl Spec {
                 m.insert("duration".into(), json!(self.duration));
                 m.insert("ws_ping".into(), json!(self.ws_ping));
             }
+            Kind::Acks => {
+                m.insert("window".into(), json!(self.window));
+                m.insert("rate".into(), json!(self.rate));
+                m.insert("body".into(), json!(self.body));
+                m.insert("warmup".into(), json!(self.warmup));
+                m.insert("duration".into(), json!(self.duration));
+            }
         }
         v
     }
@@ -213,6 +237,19 @@ pub fn build_config(spec: &Spec, c: &Common) -> anyhow::Result<Config> {
     anyhow::ensure!(c.threads >= 1, "--threads must be >= 1");
     anyhow::ensure!(spec.conns >= 1, "--conns must be >= 1");
     anyhow::ensure!(spec.rooms >= 1, "--rooms must be >= 1");
+    if spec.kind == Kind::Acks {
+        anyhow::ensure!(
+            c.target == Target::Corechat,
+            "the acks scenario needs --target corechat: it measures publish->ack through corechat's \
+             durable store, and the {} peer has no store (it does not ack after storing)",
+            c.target.name()
+        );
+        anyhow::ensure!(spec.window >= 1, "--window must be >= 1");
+        anyhow::ensure!(
+            spec.rate >= 0.0 && spec.rate.is_finite(),
+            "--rate must be >= 0 (0 = no cap)"
+        );
+    }
     Ok(Config {
         target: c.target,
         addr,
@@ -230,6 +267,7 @@ pub fn build_config(spec: &Spec, c: &Common) -> anyhow::Result<Config> {
         read_buf: c.read_buf,
         pin: !c.no_pin,
         ws_ping: spec.ws_ping,
+        window: spec.window,
     })
 }
 
@@ -358,14 +396,25 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
             Kind::Ramp => format!(", rates {:?} msg/s", spec.rates),
             Kind::Fanout | Kind::Rooms | Kind::Bigroom | Kind::Rtt =>
                 format!(", {} msg/s", spec.rate),
+            Kind::Acks => format!(
+                ", {} in flight per connection, {}",
+                spec.window,
+                if spec.rate > 0.0 {
+                    format!("at most {} msg/s", spec.rate)
+                } else {
+                    "closed loop".into()
+                }
+            ),
             _ => String::new(),
         },
         cfg.threads
     );
     let sat = c.saturation_pct / 100.0;
     let mut d = Driver::start(cfg, c.server_pid, progress);
-    if spec.kind == Kind::Rtt {
-        d.interval_tag = "rtt";
+    match spec.kind {
+        Kind::Rtt => d.interval_tag = "rtt",
+        Kind::Acks => d.interval_tag = "ack",
+        _ => {}
     }
     let srv_before = d.sample_server();
     let t_start = sys::mono_ns();
@@ -472,6 +521,66 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
                 "loadgen CPU per thread during the window: {}",
                 fmt_pcts(&w.thread_util)
             );
+            hists.push((primary.clone(), w.stats.hist));
+        }
+        Kind::Acks => {
+            // no cap: closed loop, each connection keeps `window` publishes in flight
+            d.set_rate(if spec.rate > 0.0 {
+                spec.rate
+            } else {
+                f64::INFINITY
+            });
+            if spec.warmup > 0.0 {
+                d.run_for(spec.warmup, "warmup");
+            }
+            let o = d.open_window();
+            d.run_for(spec.duration, "measure");
+            let w = d.close_window(o, c.drain, true);
+            saturated |= w.max_util() > sat;
+            let p = Pcts::of(&w.stats.hist);
+            let acks_per_sec = w.stats.received as f64 / w.secs.max(1e-9);
+            let unacked = w.stats.expected.saturating_sub(w.stats.received);
+            if let Value::Object(m) = window_json(&w, "ack_ms") {
+                figures.extend(m);
+            }
+            figures.insert("acks".into(), json!(w.stats.received));
+            figures.insert("acks_per_sec".into(), json!(acks_per_sec.round()));
+            figures.insert("errors_in_window".into(), json!(w.stats.errors));
+            figures.insert("unacked".into(), json!(unacked));
+            let _ = writeln!(
+                text,
+                "acks: {} acks/s ({} publishes/s; {} conns x {} in flight, {} rooms), ack latency p50 {:.3} ms p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms",
+                human(acks_per_sec),
+                human(w.stats.published as f64 / w.secs.max(1e-9)),
+                ready,
+                spec.window,
+                spec.rooms,
+                p.p50, p.p90, p.p99, p.p999, p.max
+            );
+            let _ = writeln!(
+                text,
+                "{} acks, {} errors, {} unacked of {} publishes in the window{}",
+                w.stats.received,
+                w.stats.errors,
+                unacked,
+                w.stats.published,
+                if w.drained { "" } else { " (drain timed out)" }
+            );
+            if let Some(s) = w.server_cpu_secs() {
+                let _ = writeln!(
+                    text,
+                    "server CPU {:.2} s ({:.0}% of the window), {:.1} us per ack",
+                    s,
+                    w.server_cpu_pct().unwrap_or(0.0),
+                    s * 1e6 / (w.stats.received.max(1) as f64)
+                );
+            }
+            let _ = writeln!(
+                text,
+                "loadgen CPU per thread during the window: {}",
+                fmt_pcts(&w.thread_util)
+            );
+            primary = "ack".into();
             hists.push((primary.clone(), w.stats.hist));
         }
         Kind::Ramp => {
@@ -641,6 +750,30 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
     let total_secs = (sys::mono_ns() - t_start) as f64 / 1e9;
     if !fin.errors.is_empty() {
         let _ = writeln!(text, "server errors: {:?}", fin.errors);
+        if spec.kind == Kind::Acks && fin.errors.contains_key("rate_limited") {
+            let _ = writeln!(
+                text,
+                "hint: lift corechat's per-connection limit: serve --rate-per-sec 1000000 --burst 1000000"
+            );
+        }
+    }
+    if spec.kind == Kind::Acks {
+        let errors: u64 = fin.errors.values().sum();
+        figures.insert("errors".into(), json!(errors));
+        figures.insert("errors_by_code".into(), json!(fin.errors));
+        figures.insert("room_messages".into(), json!(fin.room_messages));
+        figures.insert(
+            "room_seq".into(),
+            json!({ "gaps": fin.seq_other.gaps, "missing": fin.seq_other.missing, "dups": fin.seq_other.dups }),
+        );
+        figures.insert("unmatched_replies".into(), json!(fin.unmatched));
+        if fin.seq_other.gaps > 0 || fin.seq_other.dups > 0 {
+            let _ = writeln!(
+                text,
+                "warning: room messages out of sequence: {} gaps ({} missing), {} dups",
+                fin.seq_other.gaps, fin.seq_other.missing, fin.seq_other.dups
+            );
+        }
     }
     if !fin.disconnects.is_empty() {
         let _ = writeln!(text, "disconnects during the run: {:?}", fin.disconnects);
