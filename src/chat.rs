@@ -48,7 +48,7 @@ pub struct ChatShared {
 #[derive(Default)]
 pub struct Preload {
     pub rooms: Vec<RoomState>,
-    pub markers: Vec<(String, String, u64)>,
+    pub markers: Vec<crate::store::sqlite::ReadMarker>,
 }
 
 /// Per-connection chat state, boxed on the connection.
@@ -318,10 +318,10 @@ impl ChatShard {
             room.next_seq = r.last_seq + 1;
             room.committed = r.last_seq;
         }
-        for (user, room, seq) in &preload.markers {
+        for (user, room, seq, listed) in &preload.markers {
             let user: Arc<str> = Arc::from(user.as_str());
             let room: Arc<str> = Arc::from(room.as_str());
-            if home_of(&user, self.shards) == self.shard {
+            if *listed && home_of(&user, self.shards) == self.shard {
                 self.user_homes
                     .entry(user.clone())
                     .or_default()
@@ -976,11 +976,18 @@ impl ChatShard {
                 }
             }
             BusMsg::UserRoom { user, room, member } => {
-                let home = self.user_homes.entry(user).or_default();
-                if member {
-                    home.rooms.insert(room);
+                let home = self.user_homes.entry(user.clone()).or_default();
+                let changed = if member {
+                    home.rooms.insert(room.clone())
                 } else {
-                    home.rooms.remove(&room);
+                    home.rooms.remove(&room)
+                };
+                // The user home is the one place that decides the list, so
+                // it alone persists it: only changes reach the store.
+                if changed {
+                    if let Some(store) = Self::store(core) {
+                        store.set_listed(user.to_string(), room.to_string(), member);
+                    }
                 }
             }
             BusMsg::RoomsRequest { user, conn, id } => self.user_rooms(core, user, conn, id),

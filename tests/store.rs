@@ -361,3 +361,62 @@ fn retention_by_age_empties_a_quiet_room_but_keeps_its_numbering() {
     assert_eq!(ack["seq"], 6, "{ack}");
     assert_eq!(seqs(&msgs), vec![6]);
 }
+
+#[test]
+fn rooms_list_survives_a_restart_without_the_rooms_left() {
+    let dir = tempdir();
+    let data = dir.path().to_str().unwrap().to_string();
+    let flags = sqlite_flags(&data);
+    let mut srv = start(&flags);
+    let mut u = client(&srv, "u");
+    for room in ["stay", "go", "quiet"] {
+        join_with(&mut u, room, None);
+    }
+    request(
+        &mut u,
+        json!({"type": "publish", "room": "stay", "body": 1}),
+        "p1",
+    );
+    request(
+        &mut u,
+        json!({"type": "publish", "room": "go", "body": 1}),
+        "p2",
+    );
+    u.send_json(json!({"type": "read", "room": "go", "seq": 1}));
+    assert_eq!(
+        request(&mut u, json!({"type": "leave", "room": "go"}), "l")["type"],
+        "left"
+    );
+    // The list lives on the user's home shard, told by the room's home.
+    let mut before = Value::Null;
+    wait_until("the room left leaves the list", || {
+        before = request(&mut u, json!({"type": "rooms"}), "rooms");
+        before["rooms"].as_array().unwrap().len() == 2
+    });
+    // A publish round-trip after the leave commits what was queued before it.
+    request(
+        &mut u,
+        json!({"type": "publish", "room": "stay", "body": 2}),
+        "p3",
+    );
+    drop(u);
+    srv.signal(15);
+    assert!(srv.wait_exit(Duration::from_secs(30)).is_some());
+
+    let srv = start(&flags);
+    let mut u = client(&srv, "u");
+    let after = request(&mut u, json!({"type": "rooms"}), "rooms");
+    let names = |v: &Value| -> Vec<String> {
+        v["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["room"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&before), vec!["quiet", "stay"], "{before}");
+    assert_eq!(names(&after), names(&before), "{after}");
+    // Rejoining the room left keeps its read position.
+    let j = join_with(&mut u, "go", None);
+    assert_eq!(j["read"], 1, "{j}");
+}

@@ -62,14 +62,20 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user, room)
      ) WITHOUT ROWID;
      CREATE TABLE meta(key TEXT NOT NULL PRIMARY KEY, value);",
+    // v2: whether the room is in the user's `rooms` list (joined and not
+    // left, or a DM), kept apart from the read position.
+    "ALTER TABLE read_markers ADD COLUMN listed INTEGER NOT NULL DEFAULT 1;",
 ];
 
 const SQL_INSERT_MESSAGE: &str =
     "INSERT INTO messages(room, seq, ts, sender, name, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const SQL_UPSERT_ROOM: &str = "INSERT INTO rooms(room, epoch, last_seq) VALUES (?1, ?2, ?3)
      ON CONFLICT(room) DO UPDATE SET last_seq = excluded.last_seq";
-const SQL_UPSERT_READ: &str = "INSERT INTO read_markers(user, room, seq) VALUES (?1, ?2, ?3)
-     ON CONFLICT(user, room) DO UPDATE SET seq = max(seq, excluded.seq)";
+/// ?4 NULL keeps the listing as it is (a new row is listed).
+const SQL_UPSERT_MARKER: &str = "INSERT INTO read_markers(user, room, seq, listed)
+     VALUES (?1, ?2, ?3, coalesce(?4, 1))
+     ON CONFLICT(user, room) DO UPDATE SET seq = max(seq, excluded.seq),
+     listed = coalesce(?4, listed)";
 const SQL_RANGE_UP: &str = "SELECT seq, ts, sender, name, body FROM messages
      WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4";
 const SQL_RANGE_DOWN: &str = "SELECT seq, ts, sender, name, body FROM messages
@@ -112,6 +118,11 @@ enum Request {
         room: String,
         seq: u64,
     },
+    SetListed {
+        user: String,
+        room: String,
+        listed: bool,
+    },
     LoadRooms(Sender<Result<Vec<RoomState>, StoreError>>),
     LoadReadMarkers(Sender<Result<Vec<ReadMarker>, StoreError>>),
     MaxPageCount(u64, Sender<Result<u64, StoreError>>),
@@ -119,8 +130,16 @@ enum Request {
     Shutdown,
 }
 
-/// (user, room, seq)
-type ReadMarker = (String, String, u64);
+/// (user, room, seq, listed)
+pub type ReadMarker = (String, String, u64, bool);
+
+/// What the next commit writes for one (user, room).
+#[derive(Default, Clone, Copy)]
+struct MarkerUpdate {
+    seq: u64,
+    /// None: leave the listing as it is.
+    listed: Option<bool>,
+}
 type AppendResults = Vec<Result<(), StoreError>>;
 type RangeResult = Result<(Vec<StoredMessage>, bool), StoreError>;
 /// Per-request results and per-room state of a written (uncommitted) batch.
@@ -273,8 +292,9 @@ impl SqliteStore {
         self.ask(Request::LoadRooms)
     }
 
-    /// Synchronous, at start-up only: all read markers (user, room, seq).
-    pub fn load_read_markers(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+    /// Synchronous, at start-up only: all read markers (user, room, seq,
+    /// listed).
+    pub fn load_read_markers(&self) -> Result<Vec<ReadMarker>, StoreError> {
         self.ask(Request::LoadReadMarkers)
     }
 
@@ -391,6 +411,19 @@ impl StoreHandle {
             .is_err()
         {
             tracing::debug!("store queue full or stopped, read marker dropped");
+        }
+    }
+
+    /// Fire-and-forget: (user, room) joins (`true`) or leaves (`false`) the
+    /// user's `rooms` list, so the list survives a restart. Written with the
+    /// next batch; dropped like a read marker when the queue is full.
+    pub fn set_listed(&self, user: String, room: String, listed: bool) {
+        if self
+            .tx
+            .try_send(Request::SetListed { user, room, listed })
+            .is_err()
+        {
+            tracing::debug!("store queue full or stopped, room listing dropped");
         }
     }
 
@@ -564,7 +597,7 @@ struct Worker {
     batch_delay: Duration,
     retention: Retention,
     /// Read markers not yet committed; kept across a failed commit.
-    pending_reads: HashMap<(String, String), u64>,
+    pending_reads: HashMap<(String, String), MarkerUpdate>,
     checkpointer: Option<Checkpointer>,
     stopping: bool,
     /// When the store last turned unavailable (drives the probe).
@@ -720,8 +753,11 @@ impl Worker {
                 r.finish(result);
             }
             Request::SetRead { user, room, seq } => {
-                let slot = self.pending_reads.entry((user, room)).or_insert(0);
-                *slot = (*slot).max(seq);
+                let slot = self.pending_reads.entry((user, room)).or_default();
+                slot.seq = slot.seq.max(seq);
+            }
+            Request::SetListed { user, room, listed } => {
+                self.pending_reads.entry((user, room)).or_default().listed = Some(listed);
             }
             Request::LoadRooms(atx) => {
                 let _ = atx.send(Ok(self.room_states()));
@@ -761,14 +797,19 @@ impl Worker {
             .collect()
     }
 
-    fn read_markers(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+    fn read_markers(&self) -> Result<Vec<ReadMarker>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT user, room, seq FROM read_markers")?;
+            .prepare_cached("SELECT user, room, seq, listed FROM read_markers")?;
         let mut rows = stmt.query([])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            out.push((row.get(0)?, row.get(1)?, from_i64(row.get(2)?, "seq")?));
+            out.push((
+                row.get(0)?,
+                row.get(1)?,
+                from_i64(row.get(2)?, "seq")?,
+                row.get::<_, i64>(3)? != 0,
+            ));
         }
         Ok(out)
     }
@@ -937,9 +978,9 @@ impl Worker {
             }
         }
         if !self.pending_reads.is_empty() {
-            let mut upsert = tx.prepare_cached(SQL_UPSERT_READ)?;
-            for ((user, room), seq) in &self.pending_reads {
-                upsert.execute(params![user, room, bound(*seq)])?;
+            let mut upsert = tx.prepare_cached(SQL_UPSERT_MARKER)?;
+            for ((user, room), m) in &self.pending_reads {
+                upsert.execute(params![user, room, bound(m.seq), m.listed])?;
             }
         }
         tx.commit()?;

@@ -424,13 +424,37 @@ fn newer_schema_is_refused() {
         let v: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 1);
+        assert_eq!(v, 2);
         conn.pragma_update(None, "user_version", 99).unwrap();
     }
     assert!(matches!(
         SqliteStore::open(config(&path, Durability::Sync)),
         Err(StoreError::Schema(_))
     ));
+}
+
+#[test]
+fn version_1_file_is_migrated_and_keeps_its_markers_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    let (store, _h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
+    store.shutdown().unwrap();
+    {
+        // Turn the file back into what version 1 wrote.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE read_markers DROP COLUMN listed;
+             INSERT INTO read_markers(user, room, seq) VALUES ('u', 'r', 3);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let (store, _h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
+    assert_eq!(
+        store.load_read_markers().unwrap(),
+        vec![("u".to_string(), "r".to_string(), 3, true)]
+    );
+    store.shutdown().unwrap();
 }
 
 #[test]
@@ -456,18 +480,51 @@ fn read_markers_keep_max_and_reload() {
     assert_eq!(
         marks,
         vec![
-            ("u".to_string(), "r".to_string(), 5),
-            ("u".to_string(), "r2".to_string(), 7),
-            ("v".to_string(), "r".to_string(), 1),
+            ("u".to_string(), "r".to_string(), 5, true),
+            ("u".to_string(), "r2".to_string(), 7, true),
+            ("v".to_string(), "r".to_string(), 1, true),
         ]
     );
     h.set_read("v".into(), "r".into(), 9);
     store.shutdown().unwrap();
     let (store, _h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
-    assert!(store
-        .load_read_markers()
-        .unwrap()
-        .contains(&("v".to_string(), "r".to_string(), 9)));
+    assert!(store.load_read_markers().unwrap().contains(&(
+        "v".to_string(),
+        "r".to_string(),
+        9,
+        true
+    )));
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn room_listing_survives_reopen_and_keeps_the_read_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    {
+        let (store, h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
+        h.set_listed("u".into(), "joined".into(), true);
+        h.set_read("u".into(), "left".into(), 4);
+        h.set_listed("u".into(), "left".into(), false);
+        // Listing again later, in another batch, must not lower the seq.
+        append_ok(&h, "x", 1..=1);
+        h.set_listed("u".into(), "left2".into(), true);
+        h.set_read("u".into(), "left2".into(), 6);
+        append_ok(&h, "x", 2..=2);
+        h.set_listed("u".into(), "left2".into(), false);
+        store.shutdown().unwrap();
+    }
+    let (store, _h) = SqliteStore::open(config(&path, Durability::Sync)).unwrap();
+    let mut marks = store.load_read_markers().unwrap();
+    marks.sort();
+    assert_eq!(
+        marks,
+        vec![
+            ("u".to_string(), "joined".to_string(), 0, true),
+            ("u".to_string(), "left".to_string(), 4, false),
+            ("u".to_string(), "left2".to_string(), 6, false),
+        ]
+    );
     store.shutdown().unwrap();
 }
 
