@@ -24,7 +24,8 @@ use crate::ws::{self, close_code};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use smallvec::SmallVec;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -157,8 +158,49 @@ impl HomeRoom {
 #[derive(Default)]
 struct UserHome {
     /// Connections of the user per shard.
-    shards: Vec<(u32, u32)>,
-    rooms: BTreeSet<Arc<str>>,
+    shards: SmallVec<[(u32, u32); 1]>,
+    /// The user's `rooms` list, sorted. A sorted Vec, not a BTreeSet: a
+    /// B-tree leaf costs ~200 bytes even for one room, for every user.
+    rooms: Vec<Arc<str>>,
+}
+
+impl UserHome {
+    /// Adds a room; false if it was listed already.
+    fn list(&mut self, room: Arc<str>) -> bool {
+        match self.rooms.binary_search(&room) {
+            Ok(_) => false,
+            Err(i) => {
+                reserve_small(&mut self.rooms);
+                self.rooms.insert(i, room);
+                true
+            }
+        }
+    }
+
+    /// Removes a room; false if it was not listed.
+    fn unlist(&mut self, room: &Arc<str>) -> bool {
+        match self.rooms.binary_search(room) {
+            Ok(i) => {
+                self.rooms.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+fn push_small<T>(v: &mut Vec<T>, item: T) {
+    reserve_small(v);
+    v.push(item);
+}
+
+/// Grows a per-connection or per-user Vec one slot at a time while it is
+/// small: most hold one or two items, and the default first growth (four
+/// slots) is what an idle connection would otherwise pay for.
+fn reserve_small<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(if v.len() < 4 { 1 } else { v.len() });
+    }
 }
 
 struct Gather {
@@ -205,7 +247,8 @@ pub struct ChatShard {
     /// Room -> local member connection keys (member role).
     local: HashMap<Arc<str>, Vec<usize>>,
     /// User -> local connection keys (for DMs).
-    users_here: HashMap<Arc<str>, Vec<usize>>,
+    /// Inline for up to two connections: no allocation for most users.
+    users_here: HashMap<Arc<str>, SmallVec<[usize; 2]>>,
     /// Rooms homed here (home role).
     homes: HashMap<Arc<str>, HomeRoom>,
     /// Users homed here (user-home role).
@@ -306,8 +349,7 @@ impl ChatShard {
                         self.user_homes
                             .entry(u.clone())
                             .or_default()
-                            .rooms
-                            .insert(Arc::from(r.room.as_str()));
+                            .list(Arc::from(r.room.as_str()));
                     }
                 }
             }
@@ -325,8 +367,7 @@ impl ChatShard {
                 self.user_homes
                     .entry(user.clone())
                     .or_default()
-                    .rooms
-                    .insert(room.clone());
+                    .list(room.clone());
             }
             if home_of(&room, self.shards) == self.shard {
                 if let Some(home) = self.homes.get_mut(&room) {
@@ -460,7 +501,7 @@ impl ChatShard {
             );
         }
         if let Some(keys) = self.users_here.get_mut(&user) {
-            keys.retain(|&k| k != key);
+            keys.retain(|k| *k != key);
             if keys.is_empty() {
                 self.users_here.remove(&user);
                 core.bus(
@@ -630,12 +671,15 @@ impl ChatShard {
                 let s = core.conns[key].session.as_mut().expect("checked above");
                 match s.joined_mut(&room) {
                     Some(j) => j.state = JoinState::Pending,
-                    None => s.rooms.push(Joined {
-                        room: room.clone(),
-                        state: JoinState::Pending,
-                        floor: 0,
-                        held: Vec::new(),
-                    }),
+                    None => push_small(
+                        &mut s.rooms,
+                        Joined {
+                            room: room.clone(),
+                            state: JoinState::Pending,
+                            floor: 0,
+                            held: Vec::new(),
+                        },
+                    ),
                 }
                 core.bus(
                     home_of(&room, self.shards),
@@ -978,9 +1022,9 @@ impl ChatShard {
             BusMsg::UserRoom { user, room, member } => {
                 let home = self.user_homes.entry(user.clone()).or_default();
                 let changed = if member {
-                    home.rooms.insert(room.clone())
+                    home.list(room.clone())
                 } else {
-                    home.rooms.remove(&room)
+                    home.unlist(&room)
                 };
                 // The user home is the one place that decides the list, so
                 // it alone persists it: only changes reach the store.
@@ -1759,7 +1803,7 @@ impl ChatShard {
         let rooms: Vec<Arc<str>> = self
             .user_homes
             .get(&user)
-            .map(|h| h.rooms.iter().cloned().collect())
+            .map(|h| h.rooms.to_vec())
             .unwrap_or_default();
         let mut by_home: HashMap<usize, Vec<Arc<str>>> = HashMap::new();
         for r in rooms {
