@@ -100,7 +100,7 @@ fn store_append(c: &mut Criterion) {
         let mut cfg = StoreConfig::new(dir.path().join("bench.db"));
         cfg.durability = durability;
         let (store, handle) = SqliteStore::open(cfg).expect("open store");
-        let mut next_seq = vec![1u64; 16];
+        let mut next_seq = [1u64; 16];
         g.bench_function(label, |b| {
             b.iter(|| {
                 let msgs: Vec<StoredMessage> = (0..BATCH)
