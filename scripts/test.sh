@@ -28,6 +28,10 @@ log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 log "cargo test"
+# loadgen's end-to-end tests drive the real server: hand them the binary the
+# workspace build makes, so they do not run a nested cargo build themselves.
+cargo build --bin corechat
+export CORECHAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/corechat"
 cargo test --workspace
 
 log "Autobahn (kosoku) against corechat echo, sections 1-10"
