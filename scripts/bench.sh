@@ -123,7 +123,8 @@ start_server() {
   fi
   SERVER_PID=$!
   if ! wait_port; then echo "server did not start, see $log" >&2; tail -20 "$log" >&2; exit 1; fi
-  SERVER_DESC="$( [ "$pinned" = 1 ] && echo 'taskset -c 1 ')corechat ${SERVER_ARGS[*]}"
+  SERVER_DESC="corechat ${SERVER_ARGS[*]}"
+  if [ "$pinned" = 1 ]; then SERVER_DESC="taskset -c 1 $SERVER_DESC"; fi
   SERVER_DESC=${SERVER_DESC//$SECRET/***}
 }
 
