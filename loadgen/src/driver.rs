@@ -184,6 +184,16 @@ impl Driver {
         }
     }
 
+    /// A worker thread that died (it printed its panic) would otherwise
+    /// leave the driver waiting for its reports forever: stop loudly.
+    fn check_workers(&self) {
+        if self.handles.iter().any(|h| h.is_finished())
+            && self.sh.phase.load(std::sync::atomic::Ordering::Acquire) != engine::PHASE_STOP
+        {
+            panic!("a load generator thread died (its panic message is above); the run is invalid");
+        }
+    }
+
     pub fn sample_server(&mut self) -> Option<ProcSample> {
         let s = sample_proc(self.server_pid?)?;
         self.server_samples.push(s);
@@ -358,7 +368,7 @@ impl Driver {
                     reports += 1;
                 }
                 Ok(r) => self.handle(r),
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => self.check_workers(),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             let ready = self.sh.sum(|t| &t.ready);
@@ -428,7 +438,7 @@ impl Driver {
             let wait = (end.min(next_tick) - now).min(100_000_000);
             match self.rx.recv_timeout(Duration::from_nanos(wait)) {
                 Ok(r) => self.handle(r),
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => self.check_workers(),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -509,7 +519,7 @@ impl Driver {
             }
             match self.rx.recv_timeout(Duration::from_millis(10)) {
                 Ok(r) => self.handle(r),
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => self.check_workers(),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }

@@ -447,7 +447,7 @@ impl Worker {
             rbuf: vec![0; cfg.read_buf.max(4096)],
             pbuf: Vec::with_capacity(1024),
             fbuf: Vec::with_capacity(1024),
-            rng: mono_ns() ^ ((id as u64 + 1) * 0x9E37_79B9_7F4A_7C15),
+            rng: mono_ns() ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             now: mono_ns(),
             iat: unix_ms() / 1000,
             next_open: 0,

@@ -61,7 +61,6 @@ fn run(args: &[&str]) -> anyhow::Result<scenarios::Outcome> {
 }
 
 #[test]
-#[ignore = "did not finish within 3 minutes in a debug build on the shared 2-core machine; passes with cargo test --release -p loadgen -- --ignored (see issue 5 note)"]
 fn fanout_against_mock_has_no_loss_and_writes_outputs() {
     let m = Mock::start("s3cret");
     let url = m.url();
