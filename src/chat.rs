@@ -2137,7 +2137,9 @@ impl ChatShard {
             return Some(Response::error(400, "invalid room name"));
         }
         if body.body.get().len() > core.shared.cfg.max_body_bytes {
-            return Some(Response::error(413, "body over max_body_bytes"));
+            // PROTOCOL.md 7: bad input on HTTP is 400 (the WebSocket
+            // equivalent is error `too_large`).
+            return Some(Response::error(400, "body over max_body_bytes"));
         }
         let room: Arc<str> = body.room.as_str().into();
         let conn = core.conn_ref(key);
