@@ -296,6 +296,10 @@ fn error_frame(id: &ReqId, e: &ProtoError) -> Bytes {
 
 impl ChatShard {
     pub fn new(shard: usize, shared: &Shared) -> Self {
+        // Bounded by construction, not by capacity: each completion answers
+        // one request that got into the store's bounded queue, and the shard
+        // drains them every turn before it submits more. A bounded channel
+        // would preallocate that many slots per shard for nothing.
         let (completions_tx, completions_rx) = crossbeam_channel::unbounded();
         let shards = shared.links.len();
         let mut chat = ChatShard {
