@@ -452,13 +452,7 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
 
     match spec.kind {
         Kind::Fanout | Kind::Rooms | Kind::Bigroom | Kind::Rtt => {
-            d.set_rate(spec.rate);
-            if spec.warmup > 0.0 {
-                d.run_for(spec.warmup, "warmup");
-            }
-            let o = d.open_window();
-            d.run_for(spec.duration, "measure");
-            let w = d.close_window(o, c.drain, true);
+            let w = warm_up_and_measure(&mut d, spec, spec.rate, c.drain);
             saturated |= w.max_util() > sat;
             let p = Pcts::of(&w.stats.hist);
             let lat_key = if spec.kind == Kind::Rtt {
@@ -516,26 +510,17 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
                     w.server_cpu_pct().unwrap_or(0.0)
                 );
             }
-            let _ = writeln!(
-                text,
-                "loadgen CPU per thread during the window: {}",
-                fmt_pcts(&w.thread_util)
-            );
+            write_loadgen_cpu(&mut text, &w);
             hists.push((primary.clone(), w.stats.hist));
         }
         Kind::Acks => {
             // no cap: closed loop, each connection keeps `window` publishes in flight
-            d.set_rate(if spec.rate > 0.0 {
+            let rate = if spec.rate > 0.0 {
                 spec.rate
             } else {
                 f64::INFINITY
-            });
-            if spec.warmup > 0.0 {
-                d.run_for(spec.warmup, "warmup");
-            }
-            let o = d.open_window();
-            d.run_for(spec.duration, "measure");
-            let w = d.close_window(o, c.drain, true);
+            };
+            let w = warm_up_and_measure(&mut d, spec, rate, c.drain);
             saturated |= w.max_util() > sat;
             let p = Pcts::of(&w.stats.hist);
             let acks_per_sec = w.stats.received as f64 / w.secs.max(1e-9);
@@ -575,11 +560,7 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
                     s * 1e6 / (w.stats.received.max(1) as f64)
                 );
             }
-            let _ = writeln!(
-                text,
-                "loadgen CPU per thread during the window: {}",
-                fmt_pcts(&w.thread_util)
-            );
+            write_loadgen_cpu(&mut text, &w);
             primary = "ack".into();
             hists.push((primary.clone(), w.stats.hist));
         }
@@ -840,6 +821,26 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
         interval_log,
         text,
     })
+}
+
+/// Warm-up at `rate`, then one measurement window of `spec.duration`.
+fn warm_up_and_measure(d: &mut Driver, spec: &Spec, rate: f64, drain: f64) -> WindowResult {
+    d.set_rate(rate);
+    if spec.warmup > 0.0 {
+        d.run_for(spec.warmup, "warmup");
+    }
+    let o = d.open_window();
+    d.run_for(spec.duration, "measure");
+    d.close_window(o, drain, true)
+}
+
+fn write_loadgen_cpu(text: &mut String, w: &WindowResult) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        text,
+        "loadgen CPU per thread during the window: {}",
+        fmt_pcts(&w.thread_util)
+    );
 }
 
 fn fmt_pcts(u: &[f64]) -> String {

@@ -405,25 +405,20 @@ impl StoreHandle {
     /// the next batch; the stored value only ever grows. Dropped when the
     /// queue is full (markers are advisory).
     pub fn set_read(&self, user: String, room: String, seq: u64) {
-        if self
-            .tx
-            .try_send(Request::SetRead { user, room, seq })
-            .is_err()
-        {
-            tracing::debug!("store queue full or stopped, read marker dropped");
-        }
+        self.send_advisory(Request::SetRead { user, room, seq }, "read marker");
     }
 
     /// Fire-and-forget: (user, room) joins (`true`) or leaves (`false`) the
     /// user's `rooms` list, so the list survives a restart. Written with the
     /// next batch; dropped like a read marker when the queue is full.
     pub fn set_listed(&self, user: String, room: String, listed: bool) {
-        if self
-            .tx
-            .try_send(Request::SetListed { user, room, listed })
-            .is_err()
-        {
-            tracing::debug!("store queue full or stopped, room listing dropped");
+        self.send_advisory(Request::SetListed { user, room, listed }, "room listing");
+    }
+
+    /// Queues a write that may be lost without harm; never blocks.
+    fn send_advisory(&self, req: Request, what: &str) {
+        if self.tx.try_send(req).is_err() {
+            tracing::debug!("store queue full or stopped, {what} dropped");
         }
     }
 
