@@ -1062,13 +1062,20 @@ impl ChatShard {
             self.new_home_room(room.clone(), new_epoch());
         }
         let shards = self.shards;
-        let cutoff = self
-            .retention_age_ms
-            .map(|age| now_unix_ms().saturating_sub(age));
         let home = self.homes.get_mut(room).expect("inserted above");
         if home.shard_members.len() != shards {
             home.shard_members.resize(shards, 0);
         }
+        home
+    }
+
+    /// The home room about to be read (join replay, history): its ring first
+    /// forgets what age retention dropped. Only readers pay for the clock.
+    fn home_room_to_read(&mut self, room: &Arc<str>) -> &mut HomeRoom {
+        let cutoff = self
+            .retention_age_ms
+            .map(|age| now_unix_ms().saturating_sub(age));
+        let home = self.home_room(room);
         if let Some(cutoff) = cutoff {
             home.expire_ring(cutoff);
         }
@@ -1348,7 +1355,7 @@ impl ChatShard {
 
     fn home_join(&mut self, core: &mut Core, room_name: Arc<str>, join: JoinRequest) {
         let has_store = Self::store(core).is_some();
-        let room = self.home_room(&room_name);
+        let room = self.home_room_to_read(&room_name);
         let since = join.since;
         let recovered = since >= room.committed || since.saturating_add(1) >= room.first_in_ring();
         if recovered || !has_store {
@@ -1646,7 +1653,7 @@ impl ChatShard {
         id: ReqId,
     ) {
         let has_store = Self::store(core).is_some();
-        let room = self.home_room(&room_name);
+        let room = self.home_room_to_read(&room_name);
         let first = room.first_in_ring();
         let committed = room.committed;
         // Range the query wants, as [lo, hi] inclusive, and which end to keep.
