@@ -1,18 +1,23 @@
 //! corechat: a thread-per-core WebSocket chat server.
 //!
-//! Module map: `reactor` (the per-core event loop), `ws` (RFC 6455 codec),
-//! `http` (requests on the same port), `conn` (connection state), `bus`
-//! (messages between shards), `chat` (rooms, DMs, presence: the protocol's
-//! semantics), `protocol` (request parsing and frame encoding), `store`
-//! (durable SQLite history), `auth` (JWT), `limits` (admission and rate
-//! limits), `metrics` (Prometheus), `config` (CLI, env and file), `server`
-//! (start-up and shutdown), `web_assets` (the bundled browser client).
+//! Module map (see `docs/ARCHITECTURE.md`): `reactor` (the per-core event
+//! loop: sockets, framing, timers), `app` (the seam: the hooks the reactor
+//! calls and the port an app answers through), `chat` (rooms, DMs, presence:
+//! the protocol's semantics, as an app), `echo` (the Autobahn echo app), `ws`
+//! (RFC 6455 codec), `http` (requests on the same port), `bus` (links between
+//! shards), `protocol` (request parsing), `store` (durable SQLite history),
+//! `auth` (JWT), `limits` (admission and rate limits), `metrics`
+//! (Prometheus), `config` (CLI, env and file), `server` (start-up and
+//! shutdown), `web_assets` (the bundled browser client).
 
+#![forbid(unsafe_code)]
+
+pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod chat;
 pub mod config;
-pub mod conn;
+pub mod echo;
 pub mod http;
 pub mod limits;
 pub mod metrics;

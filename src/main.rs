@@ -1,7 +1,7 @@
 use clap::Parser;
 use corechat::auth::{now_secs, Authenticator};
 use corechat::config::{Cli, Command, Config};
-use corechat::reactor::Mode;
+use corechat::server::Mode;
 use std::process::ExitCode;
 
 fn init_logging(level: &str) {

@@ -1,17 +1,18 @@
 //! Start-up and shutdown: builds the listeners, shards, store and signal
 //! handling, then waits.
 
+use crate::app::App;
 use crate::auth::Authenticator;
-use crate::bus::{BusMsg, ShardLink, INBOX_CAPACITY};
-use crate::chat::{ChatShared, Preload};
+use crate::bus::{ShardLink, INBOX_CAPACITY};
+use crate::chat::{ChatApp, ChatShared, Preload};
 use crate::config::{self, Config, StoreKind};
+use crate::echo::EchoApp;
 use crate::limits::IpLimiter;
 use crate::metrics::ShardMetrics;
-use crate::reactor::{Mode, Shard, Shared};
+use crate::reactor::{Shard, Shared, WAKER};
 use crate::store::{self, SqliteStore, StoreConfig};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use parking_lot::Mutex;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -20,8 +21,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Token of each shard's waker (the reactor reserves it).
-const WAKER_TOKEN: Token = Token(usize::MAX - 2);
+/// What the process serves: the chat, or a bare echo for Autobahn.
+pub enum Mode {
+    Chat,
+    Echo,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -78,6 +82,64 @@ fn open_store(cfg: &Config) -> Result<Option<(SqliteStore, store::StoreHandle)>,
 pub fn run(cfg: Config, mode: Mode) -> Result<(), ServerError> {
     let cfg = Arc::new(cfg);
     let n = cfg.shards;
+    match mode {
+        Mode::Echo => serve(cfg, (0..n).map(|_| EchoApp).collect(), None),
+        Mode::Chat => {
+            let (apps, store_owner) = chat_apps(&cfg)?;
+            serve(cfg, apps, store_owner)
+        }
+    }
+}
+
+/// One chat app per shard, each given its part of what the store holds.
+fn chat_apps(cfg: &Arc<Config>) -> Result<(Vec<ChatApp>, Option<SqliteStore>), ServerError> {
+    let pem = match &cfg.jwt_public_key {
+        Some(path) => Some(
+            std::fs::read(path).map_err(|source| ServerError::PublicKey {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let auth = Authenticator::new(cfg.jwt_secret.as_deref().map(str::as_bytes), pem.as_deref())?;
+    let mut preload = Preload::default();
+    let mut handle = None;
+    let mut store_owner = None;
+    if let Some((st, h)) = open_store(cfg)? {
+        preload.rooms = st.load_rooms()?;
+        preload.markers = st.load_read_markers()?;
+        tracing::info!(rooms = preload.rooms.len(), path = %cfg.data_dir.display(), "store opened");
+        handle = Some(h);
+        store_owner = Some(st);
+    }
+    let shared = Arc::new(ChatShared {
+        auth,
+        store: handle,
+        guest: cfg.guest,
+        node_id: cfg.node_id.clone(),
+    });
+    let apps = (0..cfg.shards)
+        .map(|i| {
+            let mut app = ChatApp::new(i, cfg.shards, shared.clone(), cfg);
+            app.apply_preload(&preload);
+            app
+        })
+        .collect();
+    Ok((apps, store_owner))
+}
+
+/// Binds the listeners, starts one pinned shard thread per app, and waits
+/// for a signal; then drains the shards and flushes the store.
+fn serve<A>(
+    cfg: Arc<Config>,
+    apps: Vec<A>,
+    store_owner: Option<SqliteStore>,
+) -> Result<(), ServerError>
+where
+    A: App + Send + 'static,
+{
+    let n = apps.len();
     // The first listener fixes the port (which may be 0: any free port);
     // the others bind the same address.
     let first = reuseport_listener(cfg.listen, cfg.backlog)?;
@@ -87,61 +149,23 @@ pub fn run(cfg: Config, mode: Mode) -> Result<(), ServerError> {
         listeners.push(reuseport_listener(addr, cfg.backlog)?);
     }
 
-    let mut store_owner = None;
-    let chat = match mode {
-        Mode::Echo => None,
-        Mode::Chat => {
-            let pem = match &cfg.jwt_public_key {
-                Some(path) => {
-                    Some(
-                        std::fs::read(path).map_err(|source| ServerError::PublicKey {
-                            path: path.clone(),
-                            source,
-                        })?,
-                    )
-                }
-                None => None,
-            };
-            let auth =
-                Authenticator::new(cfg.jwt_secret.as_deref().map(str::as_bytes), pem.as_deref())?;
-            let mut preload = Preload::default();
-            let mut handle = None;
-            if let Some((st, h)) = open_store(&cfg)? {
-                preload.rooms = st.load_rooms()?;
-                preload.markers = st.load_read_markers()?;
-                tracing::info!(rooms = preload.rooms.len(), path = %cfg.data_dir.display(), "store opened");
-                handle = Some(h);
-                store_owner = Some(st);
-            }
-            Some(ChatShared {
-                auth,
-                store: handle,
-                guest: cfg.guest,
-                node_id: cfg.node_id.clone(),
-                preload: Mutex::new(Some(Arc::new(preload))),
-            })
-        }
-    };
-
     let mut polls = Vec::with_capacity(n);
     let mut links = Vec::with_capacity(n);
     let mut inboxes = Vec::with_capacity(n);
     for _ in 0..n {
         let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
-        let (tx, rx) = crossbeam_channel::bounded::<Vec<BusMsg>>(INBOX_CAPACITY);
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<A::Msg>>(INBOX_CAPACITY);
         polls.push(poll);
         links.push(ShardLink { tx, waker });
         inboxes.push(rx);
     }
+    let links: Arc<[ShardLink<A::Msg>]> = links.into();
     let shared = Arc::new(Shared {
-        mode,
         ip_limiter: IpLimiter::new(cfg.max_conns_per_ip, cfg.max_upgrades_per_ip_per_sec),
         metrics: (0..n).map(|_| Arc::new(ShardMetrics::default())).collect(),
-        links,
         shutdown: Default::default(),
         started: Instant::now(),
-        chat,
         cfg: cfg.clone(),
     });
 
@@ -151,9 +175,9 @@ pub fn run(cfg: Config, mode: Mode) -> Result<(), ServerError> {
         Vec::new()
     };
     let mut threads = Vec::with_capacity(n);
-    for (i, ((poll, listener), inbox)) in polls.into_iter().zip(listeners).zip(inboxes).enumerate()
-    {
-        let shard = Shard::new(i, shared.clone(), poll, listener, inbox)?;
+    let parts = polls.into_iter().zip(listeners).zip(inboxes).zip(apps);
+    for (i, (((poll, listener), inbox), app)) in parts.enumerate() {
+        let shard = Shard::new(i, shared.clone(), links.clone(), app, poll, listener, inbox)?;
         let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
         let t = std::thread::Builder::new()
             .name(format!("shard-{i}"))
@@ -167,17 +191,14 @@ pub fn run(cfg: Config, mode: Mode) -> Result<(), ServerError> {
             })?;
         threads.push(t);
     }
-    // Drop the preload once every shard has taken its part.
-    if let Some(chat) = &shared.chat {
-        chat.preload.lock().take();
-    }
     // Tests and scripts read this line to learn the port.
-    println!("corechat listening on {addr} ({n} shards)");
+    let plural = if n == 1 { "shard" } else { "shards" };
+    println!("corechat listening on {addr} ({n} {plural})");
     tracing::info!(%addr, shards = n, node = %cfg.node_id, "listening");
 
     wait_for_signal(&shared, &threads)?;
     shared.shutdown.store(true, Ordering::SeqCst);
-    for link in &shared.links {
+    for link in links.iter() {
         let _ = link.waker.wake();
     }
     for t in threads {
@@ -185,6 +206,7 @@ pub fn run(cfg: Config, mode: Mode) -> Result<(), ServerError> {
     }
     if let Some(st) = store_owner {
         drop(shared);
+        drop(links);
         st.shutdown()?;
         tracing::info!("store flushed");
     }

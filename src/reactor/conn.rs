@@ -1,7 +1,6 @@
 //! Per-connection state. Kept small: an idle WebSocket connection holds no
 //! read buffer, no assembly buffer and an empty (unallocated) send queue.
 
-use crate::chat::Session;
 use crate::ws::Assembler;
 use bytes::Bytes;
 use mio::net::TcpStream;
@@ -21,7 +20,7 @@ pub enum Phase {
     Draining,
 }
 
-pub struct Conn {
+pub struct Conn<S> {
     pub sock: TcpStream,
     /// Unique on this shard (slab keys are reused, ids are not), so bus
     /// messages addressed to a closed connection cannot reach its successor.
@@ -54,11 +53,11 @@ pub struct Conn {
     pub keep_alive: bool,
     /// We sent a close frame (the peer's close then ends the connection).
     pub close_sent: bool,
-    /// The chat session once the WebSocket is open.
-    pub session: Option<Box<Session>>,
+    /// The app's session once the WebSocket is open.
+    pub session: Option<Box<S>>,
 }
 
-impl Conn {
+impl<S> Conn<S> {
     pub fn new(sock: TcpStream, id: u64, ip: IpAddr, now_ms: u64) -> Self {
         Conn {
             sock,
@@ -81,9 +80,5 @@ impl Conn {
             close_sent: false,
             session: None,
         }
-    }
-
-    pub fn is_ws(&self) -> bool {
-        self.phase == Phase::Ws
     }
 }

@@ -1,0 +1,176 @@
+//! What chat shards say to each other, grouped by the role that receives
+//! the message. Every variant travels over the bus, which is FIFO per pair of
+//! shards: that order is what makes join + replay + live exact.
+
+use super::frames::RoomEntry;
+use super::{NameJson, RoomName, Seq, UserId};
+use crate::bus::{ConnRef, ReplyTo};
+use crate::protocol::ReqId;
+use bytes::Bytes;
+use std::time::Instant;
+
+pub enum ChatMsg {
+    Home(HomeMsg),
+    Member(MemberMsg),
+    User(UserMsg),
+}
+
+/// Who asks a room's home for something.
+pub struct Requester {
+    pub conn: ConnRef,
+    pub user: UserId,
+    pub name_json: NameJson,
+}
+
+/// To a room's home shard.
+pub enum HomeMsg {
+    Join {
+        room: RoomName,
+        who: Requester,
+        since: Option<Seq>,
+        id: ReqId,
+        /// The connection is already counted as a member (a second join).
+        rejoin: bool,
+    },
+    /// A connection left the room (request or disconnect).
+    Leave {
+        room: RoomName,
+        conn: ConnRef,
+        user: UserId,
+        explicit: bool,
+    },
+    Publish(Box<PublishReq>),
+    History {
+        room: RoomName,
+        reply: ReplyTo,
+        before: Option<Seq>,
+        after: Option<Seq>,
+        limit: usize,
+        id: ReqId,
+    },
+    Presence {
+        room: RoomName,
+        conn: ConnRef,
+        id: ReqId,
+    },
+    Typing {
+        room: RoomName,
+        user: UserId,
+    },
+    Read {
+        room: RoomName,
+        user: UserId,
+        seq: Seq,
+    },
+    /// `rooms` scatter step: seq and read marker of these rooms for `user`.
+    RoomInfo {
+        gather: u64,
+        reply_shard: u32,
+        user: UserId,
+        rooms: Vec<RoomName>,
+    },
+}
+
+/// A message to number, store and fan out.
+pub struct PublishReq {
+    pub room: RoomName,
+    pub reply: ReplyTo,
+    pub user: UserId,
+    pub name_json: NameJson,
+    pub body: Box<str>,
+    pub id: ReqId,
+    pub received: Instant,
+}
+
+/// To a shard where members of a room (or a user's connections) live.
+pub enum MemberMsg {
+    /// The join took effect: queue `frames` (joined, then replay) on the
+    /// connection, then make it a live member; live frames follow on the
+    /// same channel, so nothing is missed or doubled.
+    JoinDone {
+        room: RoomName,
+        conn: ConnRef,
+        frames: Vec<Bytes>,
+        last_seq: Seq,
+        /// False when the join failed (frames then hold the error reply).
+        accepted: bool,
+    },
+    /// A frame for every local member of the room (except `except_user`).
+    RoomFrame {
+        room: RoomName,
+        frame: Bytes,
+        except_user: Option<UserId>,
+        received: Option<Instant>,
+    },
+    /// A DM-room frame for every local connection of `user` (`seq` 0: not a
+    /// message, e.g. typing).
+    UserFrame {
+        user: UserId,
+        room: RoomName,
+        seq: Seq,
+        frame: Bytes,
+        received: Instant,
+    },
+    /// A frame for one connection.
+    ToConn { conn: ConnRef, frame: Bytes },
+    /// An HTTP response for one connection.
+    HttpReply {
+        conn: ConnRef,
+        status: u16,
+        body: Bytes,
+    },
+}
+
+/// To a user's home shard.
+pub enum UserMsg {
+    Online {
+        user: UserId,
+        shard: u32,
+    },
+    Offline {
+        user: UserId,
+        shard: u32,
+    },
+    /// A DM-room frame to route to every shard where `user` has connections.
+    Dm {
+        user: UserId,
+        room: RoomName,
+        seq: Seq,
+        frame: Bytes,
+        received: Instant,
+    },
+    /// The user is (or is no longer) a member of `room` (listed by `rooms`).
+    Listing {
+        user: UserId,
+        room: RoomName,
+        member: bool,
+    },
+    RoomsRequest {
+        user: UserId,
+        conn: ConnRef,
+        id: ReqId,
+    },
+    /// `rooms` gather step: answers of one home shard.
+    RoomInfoReply {
+        gather: u64,
+        entries: Vec<RoomEntry>,
+    },
+}
+
+impl From<HomeMsg> for ChatMsg {
+    fn from(m: HomeMsg) -> Self {
+        ChatMsg::Home(m)
+    }
+}
+
+impl From<MemberMsg> for ChatMsg {
+    fn from(m: MemberMsg) -> Self {
+        ChatMsg::Member(m)
+    }
+}
+
+impl From<UserMsg> for ChatMsg {
+    fn from(m: UserMsg) -> Self {
+        ChatMsg::User(m)
+    }
+}

@@ -1,0 +1,240 @@
+//! The part of a shard an app may touch, through `app::Port`: its
+//! connections' send queues, the clock, and the outgoing bus batches.
+
+use super::conn::{Conn, Phase};
+use super::Shared;
+use crate::app::Port;
+use crate::bus::{ConnRef, ShardLink};
+use crate::config::Config;
+use crate::http::Response;
+use crate::metrics::{self, DisconnectReason, ShardMetrics};
+use crate::ws::{self, close_code};
+use bytes::Bytes;
+use crossbeam_channel::TrySendError;
+use mio::Waker;
+use slab::Slab;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// How long a closing connection may take to answer our close frame.
+pub(super) const CLOSE_GRACE_MS: u64 = 2000;
+
+pub struct Core<M, S> {
+    pub(super) shard: usize,
+    pub(super) shared: Arc<Shared>,
+    pub(super) links: Arc<[ShardLink<M>]>,
+    pub(super) conns: Slab<Conn<S>>,
+    pub(super) now_ms: u64,
+    pub(super) metrics: Arc<ShardMetrics>,
+    pub(super) registry: mio::Registry,
+    pub(super) dirty: Vec<usize>,
+    pub(super) outbox: Vec<Vec<M>>,
+    /// Bus messages this shard sends to itself: handled in the same turn.
+    pub(super) local: VecDeque<M>,
+    /// Connections whose reading must resume (an async HTTP reply arrived).
+    pub(super) reread: Vec<usize>,
+    pub(super) next_conn_id: u64,
+}
+
+impl<M, S> Core<M, S> {
+    /// Asks for the connection's queue to be written at the end of the turn.
+    pub(super) fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Queues raw bytes regardless of phase (HTTP responses, close frames).
+    pub(super) fn push_raw(&mut self, key: usize, bytes: Bytes) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.out_bytes += bytes.len();
+        conn.out.push_back(bytes);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Queues a frame on a WebSocket; a queue over the limit closes it 1013.
+    pub(super) fn send_frame(&mut self, key: usize, frame: Bytes) {
+        let limit = self.shared.cfg.max_outbound_bytes;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase != Phase::Ws {
+            return;
+        }
+        if conn.out_bytes + frame.len() > limit {
+            self.close_ws(
+                key,
+                close_code::OVERLOAD,
+                "slow consumer",
+                DisconnectReason::SlowConsumer,
+            );
+            return;
+        }
+        conn.out_bytes += frame.len();
+        conn.out.push_back(frame);
+        metrics::inc(&self.metrics.frames_out);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Starts the closing handshake with `code`; the connection is dropped
+    /// when the peer answers or after a grace period.
+    pub(super) fn close_ws(&mut self, key: usize, code: u16, reason: &str, why: DisconnectReason) {
+        let now = self.now_ms;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase != Phase::Ws {
+            return;
+        }
+        if code == close_code::OVERLOAD {
+            // The peer is not reading: drop what is queued, except a frame
+            // already partly written (the stream must stay well-framed).
+            let keep = usize::from(conn.out_off > 0);
+            while conn.out.len() > keep {
+                if let Some(f) = conn.out.pop_back() {
+                    conn.out_bytes -= f.len();
+                }
+            }
+        }
+        conn.phase = Phase::Closing;
+        conn.close_sent = true;
+        conn.deadline_ms = now + CLOSE_GRACE_MS;
+        self.metrics.disconnect(why);
+        self.push_raw(key, ws::close_frame(code, reason));
+    }
+
+    /// Answers an HTTP request on a plain connection.
+    pub(super) fn reply_http(&mut self, key: usize, resp: Response) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let keep_alive = conn.keep_alive && conn.phase == Phase::Http;
+        if conn.awaiting_reply {
+            conn.awaiting_reply = false;
+            self.reread.push(key);
+        }
+        if !keep_alive {
+            conn.phase = Phase::Draining;
+            conn.deadline_ms = self.now_ms + CLOSE_GRACE_MS;
+        }
+        self.push_raw(key, resp.encode(keep_alive));
+    }
+
+    /// Sends each destination its batch of this turn: one channel send and
+    /// one wake per shard. True if a batch had to wait (inbox full).
+    pub(super) fn flush_outbox(&mut self) -> bool {
+        let mut pending = false;
+        for dest in 0..self.outbox.len() {
+            if self.outbox[dest].is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(&mut self.outbox[dest]);
+            let link = &self.links[dest];
+            match link.tx.try_send(batch) {
+                Ok(()) => {
+                    metrics::inc(&self.metrics.bus_batches_out);
+                    if let Err(e) = link.waker.wake() {
+                        tracing::warn!(shard = self.shard, dest, "wake failed: {e}");
+                    }
+                }
+                // The destination is behind: keep the batch and retry next
+                // turn, so nothing is lost and this shard never blocks.
+                Err(TrySendError::Full(batch)) => {
+                    self.outbox[dest] = batch;
+                    pending = true;
+                }
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+        pending
+    }
+}
+
+impl<M, S> Port<M, S> for Core<M, S> {
+    fn shard(&self) -> usize {
+        self.shard
+    }
+
+    fn shards(&self) -> usize {
+        self.links.len()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    fn config(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    fn metrics(&self) -> &ShardMetrics {
+        &self.metrics
+    }
+
+    fn conn_ref(&self, key: usize) -> ConnRef {
+        ConnRef {
+            shard: self.shard as u32,
+            key: key as u32,
+            id: self.conns.get(key).map_or(0, |c| c.id),
+        }
+    }
+
+    fn resolve(&self, r: ConnRef) -> Option<usize> {
+        let key = r.key as usize;
+        match self.conns.get(key) {
+            Some(c) if c.id == r.id && r.shard as usize == self.shard => Some(key),
+            _ => None,
+        }
+    }
+
+    fn session(&self, key: usize) -> Option<&S> {
+        self.conns.get(key).and_then(|c| c.session.as_deref())
+    }
+
+    fn session_mut(&mut self, key: usize) -> Option<&mut S> {
+        self.conns
+            .get_mut(key)
+            .and_then(|c| c.session.as_deref_mut())
+    }
+
+    fn send(&mut self, key: usize, frame: Bytes) {
+        self.send_frame(key, frame);
+    }
+
+    fn send_many(&mut self, keys: &[usize], frame: &Bytes) {
+        for &key in keys {
+            self.send_frame(key, frame.clone());
+        }
+    }
+
+    fn close(&mut self, key: usize, code: u16, reason: &str, why: DisconnectReason) {
+        self.close_ws(key, code, reason, why);
+    }
+
+    fn respond_http(&mut self, key: usize, resp: Response) {
+        self.reply_http(key, resp);
+    }
+
+    fn bus(&mut self, dest: usize, msg: M) {
+        if dest == self.shard {
+            self.local.push_back(msg);
+        } else {
+            self.outbox[dest].push(msg);
+        }
+    }
+
+    fn waker(&self) -> Arc<Waker> {
+        self.links[self.shard].waker.clone()
+    }
+}

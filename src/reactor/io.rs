@@ -1,0 +1,485 @@
+//! A shard's socket work: reading and parsing (HTTP requests, the upgrade,
+//! WebSocket frames) and writing queued frames with `writev`.
+
+use super::conn::Phase;
+use super::core::{Core, CLOSE_GRACE_MS};
+use super::Shard;
+use crate::app::{App, Port};
+use crate::http::{self, Request, Response};
+use crate::limits::IpRefusal;
+use crate::metrics::{self, DisconnectReason};
+use crate::ws::{self, close_code, Assembled, Assembler, CloseError, OpCode, Parse};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::atomic::Ordering;
+
+/// Shared read buffer per shard; large so one syscall takes many frames.
+pub(super) const READ_BUF: usize = 256 * 1024;
+/// Reads per readiness event before yielding to other connections.
+const READS_PER_EVENT: usize = 8;
+/// Frames gathered into one `writev`.
+const MAX_IOVECS: usize = 64;
+
+enum Step {
+    Consumed(usize),
+    Need(usize),
+    Stop,
+}
+
+impl<A: App> Shard<A> {
+    pub(super) fn on_readable(&mut self, key: usize) {
+        for _ in 0..READS_PER_EVENT {
+            let Some(conn) = self.core.conns.get_mut(key) else {
+                return;
+            };
+            if conn.awaiting_reply || conn.phase == Phase::Draining {
+                return;
+            }
+            let from_scratch = conn.inbuf.is_empty();
+            let result = if from_scratch {
+                conn.sock.read(&mut self.read_buf)
+            } else {
+                // A partial frame is pending: read behind it.
+                let len = conn.inbuf.len();
+                let want = (conn.inbuf.capacity() - len).max(16 * 1024);
+                conn.inbuf.resize(len + want, 0);
+                let r = conn.sock.read(&mut conn.inbuf[len..]);
+                let got = *r.as_ref().unwrap_or(&0);
+                conn.inbuf.truncate(len + got);
+                r
+            };
+            match result {
+                Ok(0) => {
+                    let reason = if self.core.conns[key].close_sent {
+                        DisconnectReason::ClientClose
+                    } else {
+                        DisconnectReason::PeerReset
+                    };
+                    self.remove(key, reason);
+                    return;
+                }
+                Ok(n) => {
+                    record_received(&mut self.core, key, n);
+                    if from_scratch {
+                        let mut buf = std::mem::take(&mut self.read_buf);
+                        self.process(key, &mut buf[..n]);
+                        self.read_buf = buf;
+                    } else {
+                        self.process_leftover(key);
+                    }
+                    if n < READ_BUF / 2 && from_scratch {
+                        // A short read means the socket is drained.
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.remove(key, DisconnectReason::IoError);
+                    return;
+                }
+            }
+        }
+        // Budget used up with data possibly left: come back next turn.
+        if self.core.conns.contains(key) {
+            self.core.reread.push(key);
+        }
+    }
+
+    /// Processes bytes held in the connection's own buffer.
+    pub(super) fn process_leftover(&mut self, key: usize) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if conn.inbuf.is_empty() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut conn.inbuf);
+        self.process(key, &mut buf);
+    }
+
+    /// Consumes complete requests/frames from `buf`; a partial one is kept in
+    /// the connection's own buffer (allocated only then).
+    fn process(&mut self, key: usize, buf: &mut [u8]) {
+        let mut pos = 0;
+        let mut needed = 0;
+        let mut stopped = false;
+        while pos < buf.len() {
+            let Some(conn) = self.core.conns.get(key) else {
+                return;
+            };
+            let step = match conn.phase {
+                Phase::Http if !conn.awaiting_reply => self.process_http(key, &buf[pos..]),
+                Phase::Ws | Phase::Closing => self.process_frame(key, &mut buf[pos..]),
+                _ => Step::Stop,
+            };
+            match step {
+                Step::Consumed(n) => pos += n,
+                Step::Need(n) => {
+                    needed = n;
+                    break;
+                }
+                Step::Stop => {
+                    stopped = true;
+                    break;
+                }
+            }
+        }
+        if let Some(conn) = self.core.conns.get_mut(key) {
+            let rest = &buf[pos..];
+            // After a stop only pipelined HTTP requests behind one answered
+            // later are kept: they are read once the reply has been queued.
+            let keep_rest = !stopped || (conn.phase == Phase::Http && conn.awaiting_reply);
+            if rest.is_empty() || !keep_rest {
+                // Release the buffer: idle connections hold none.
+                conn.inbuf = Vec::new();
+            } else {
+                let mut keep = Vec::with_capacity(needed.max(rest.len()).max(4096));
+                keep.extend_from_slice(rest);
+                conn.inbuf = keep;
+            }
+        }
+    }
+
+    fn process_http(&mut self, key: usize, buf: &[u8]) -> Step {
+        match http::parse_request(buf) {
+            Ok(None) => Step::Need(0),
+            Ok(Some((req, used))) => {
+                metrics::inc(&self.core.metrics.http_requests);
+                self.core.conns[key].keep_alive = req.keep_alive;
+                self.handle_http(key, req);
+                Step::Consumed(used)
+            }
+            Err(e) => {
+                self.core.conns[key].keep_alive = false;
+                self.core
+                    .reply_http(key, Response::error(e.status(), &e.to_string()));
+                Step::Stop
+            }
+        }
+    }
+
+    fn handle_http(&mut self, key: usize, req: Request) {
+        if self.app.is_upgrade(&req) {
+            self.upgrade(key, req);
+            return;
+        }
+        let resp = match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/health") => {
+                let body = serde_json::json!({
+                    "status": "ok",
+                    "shards": self.core.shards(),
+                    "uptime_ms": self.core.now_ms,
+                });
+                Some(Response::json(200, body.to_string()))
+            }
+            ("GET", "/ready") => {
+                let shutting_down = self.core.shared.shutdown.load(Ordering::Relaxed);
+                Some(if shutting_down {
+                    Response::json(503, r#"{"status":"draining"}"#)
+                } else if let Some(backend) = self.app.unready_backend() {
+                    let body = serde_json::json!({ "status": "unavailable", backend: "down" });
+                    Response::json(503, body.to_string())
+                } else {
+                    Response::json(200, r#"{"status":"ready"}"#)
+                })
+            }
+            ("GET", "/metrics") => {
+                let open_fds = std::fs::read_dir("/proc/self/fd")
+                    .map(|d| d.count())
+                    .unwrap_or(0);
+                let extra = [("corechat_open_fds", "gauge", open_fds as f64)];
+                let text = metrics::render(&self.core.shared.metrics, &extra);
+                Some(Response::text(200, "text/plain; version=0.0.4", text))
+            }
+            _ => self.app.on_http(&mut self.core, key, req),
+        };
+        match resp {
+            Some(resp) => self.core.reply_http(key, resp),
+            None => self.core.conns[key].awaiting_reply = true,
+        }
+    }
+
+    /// `GET /ws`: validate, admit, authenticate, then switch protocols.
+    fn upgrade(&mut self, key: usize, req: Request) {
+        let cfg = self.core.shared.cfg.clone();
+        let refuse = |core: &mut Core<A::Msg, A::Session>, resp: Response| {
+            metrics::inc(&core.metrics.rejected_upgrades);
+            core.conns[key].keep_alive = false;
+            core.reply_http(key, resp);
+        };
+        if req.method != "GET" {
+            return refuse(&mut self.core, Response::error(405, "method not allowed"));
+        }
+        if !req.upgrade_websocket || !req.connection_upgrade {
+            return refuse(
+                &mut self.core,
+                Response::error(426, "websocket upgrade required"),
+            );
+        }
+        if req.ws_version.as_deref() != Some("13") {
+            let resp = Response::error(426, "unsupported websocket version")
+                .header("sec-websocket-version", "13");
+            return refuse(&mut self.core, resp);
+        }
+        let Some(ws_key) = req.ws_key.clone() else {
+            return refuse(
+                &mut self.core,
+                Response::error(400, "missing sec-websocket-key"),
+            );
+        };
+        let admission = self.app.admission();
+        if admission && !cfg.allowed_origins.is_empty() {
+            let ok = req
+                .origin
+                .as_ref()
+                .is_some_and(|o| cfg.allowed_origins.iter().any(|a| a == o));
+            if !ok {
+                return refuse(&mut self.core, Response::error(403, "origin not allowed"));
+            }
+        }
+        let ip = self.core.conns[key].ip;
+        let now_sec = self.core.shared.started.elapsed().as_secs();
+        if admission {
+            if let Err(refusal) = self.core.shared.ip_limiter.try_admit(ip, now_sec) {
+                let msg = match refusal {
+                    IpRefusal::TooManyConnections => "too many connections from this address",
+                    IpRefusal::TooManyUpgrades => "too many upgrades from this address",
+                };
+                return refuse(&mut self.core, Response::error(429, msg));
+            }
+            self.core.conns[key].ip_counted = true;
+        }
+        let session = match self.app.authenticate(&mut self.core, &req) {
+            Ok(session) => session,
+            Err(refusal) => {
+                metrics::inc(&self.core.metrics.auth_failures);
+                let conn = &mut self.core.conns[key];
+                if conn.ip_counted {
+                    conn.ip_counted = false;
+                    self.core.shared.ip_limiter.release(ip, now_sec);
+                }
+                return refuse(
+                    &mut self.core,
+                    Response::error(refusal.status, &refusal.message),
+                );
+            }
+        };
+        let accept = ws::accept_key(ws_key.as_bytes());
+        self.core.push_raw(key, http::switching_protocols(&accept));
+        let now = self.core.now_ms;
+        let conn = &mut self.core.conns[key];
+        conn.phase = Phase::Ws;
+        conn.last_recv_ms = now;
+        conn.last_ping_ms = now;
+        conn.session = Some(session);
+        self.app.on_open(&mut self.core, key);
+    }
+
+    fn process_frame(&mut self, key: usize, buf: &mut [u8]) -> Step {
+        let max = self.core.shared.cfg.max_frame_bytes;
+        let header = match ws::parse_client_frame(buf, max) {
+            Ok(Parse::Frame(h)) => h,
+            Ok(Parse::Incomplete { needed }) => return Step::Need(needed),
+            Err(e) => {
+                self.fail(key, e);
+                return Step::Stop;
+            }
+        };
+        metrics::inc(&self.core.metrics.frames_in);
+        let total = header.total_len();
+        let payload = &buf[header.payload_start..total];
+        let closing = self.core.conns[key].phase == Phase::Closing;
+        match header.opcode {
+            OpCode::Ping => {
+                if !closing {
+                    self.core.send_frame(key, ws::frame(OpCode::Pong, payload));
+                }
+            }
+            OpCode::Pong => {}
+            OpCode::Close => {
+                self.on_close_frame(key, payload);
+                return Step::Stop;
+            }
+            OpCode::Continuation => {
+                let conn = &mut self.core.conns[key];
+                let Some(asm) = conn.asm.as_mut() else {
+                    self.fail(
+                        key,
+                        CloseError::new(close_code::PROTOCOL, "unexpected continuation"),
+                    );
+                    return Step::Stop;
+                };
+                if let Err(e) = asm.extend(payload, max) {
+                    self.fail(key, e);
+                    return Step::Stop;
+                }
+                if header.fin {
+                    let asm = conn.asm.take().expect("checked above");
+                    match asm.finish() {
+                        Ok(Assembled::Message { opcode, payload }) => {
+                            if !closing {
+                                self.app.on_message(&mut self.core, key, opcode, payload);
+                            }
+                        }
+                        Ok(Assembled::Pending) => {}
+                        Err(e) => {
+                            self.fail(key, e);
+                            return Step::Stop;
+                        }
+                    }
+                }
+            }
+            OpCode::Text | OpCode::Binary => {
+                if self.core.conns[key].asm.is_some() {
+                    self.fail(
+                        key,
+                        CloseError::new(close_code::PROTOCOL, "expected continuation"),
+                    );
+                    return Step::Stop;
+                }
+                if !header.fin {
+                    match Assembler::start(header.opcode, payload, max) {
+                        Ok(asm) => self.core.conns[key].asm = Some(Box::new(asm)),
+                        Err(e) => {
+                            self.fail(key, e);
+                            return Step::Stop;
+                        }
+                    }
+                } else if header.opcode == OpCode::Text && std::str::from_utf8(payload).is_err() {
+                    self.fail(
+                        key,
+                        CloseError::new(close_code::INVALID_UTF8, "invalid utf-8"),
+                    );
+                    return Step::Stop;
+                } else if !closing {
+                    self.app
+                        .on_message(&mut self.core, key, header.opcode, payload);
+                }
+            }
+        }
+        Step::Consumed(total)
+    }
+
+    fn on_close_frame(&mut self, key: usize, payload: &[u8]) {
+        let conn = &mut self.core.conns[key];
+        if conn.close_sent {
+            // Our close was answered: the handshake is complete.
+            self.remove(key, DisconnectReason::ClientClose);
+            return;
+        }
+        let (code, reason) = match ws::check_close_payload(payload) {
+            Ok(code) => (code, ""),
+            Err(e) => (e.code, e.reason),
+        };
+        // Echo the close, then drop once it is written.
+        conn.phase = Phase::Draining;
+        conn.close_sent = true;
+        conn.deadline_ms = self.core.now_ms + CLOSE_GRACE_MS;
+        let reason_label = if code == close_code::NORMAL || code == close_code::GOING_AWAY {
+            DisconnectReason::ClientClose
+        } else {
+            DisconnectReason::Protocol
+        };
+        self.core.metrics.disconnect(reason_label);
+        self.core.push_raw(key, ws::close_frame(code, reason));
+    }
+
+    /// A protocol violation: close with its code (or drop an HTTP socket).
+    fn fail(&mut self, key: usize, e: CloseError) {
+        self.core.close_ws(
+            key,
+            e.code,
+            e.reason,
+            DisconnectReason::from_close_code(e.code),
+        );
+        if let Some(conn) = self.core.conns.get_mut(key) {
+            // Nothing more will be read from a violating peer.
+            conn.asm = None;
+        }
+    }
+
+    pub(super) fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.core.dirty);
+        for &key in &dirty {
+            if let Some(conn) = self.core.conns.get_mut(key) {
+                conn.dirty = false;
+            }
+            self.flush(key);
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.core.dirty.is_empty() {
+            self.core.dirty = dirty;
+        }
+    }
+
+    /// Writes as much of the queue as the socket takes, many frames per
+    /// `writev`.
+    fn flush(&mut self, key: usize) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        let mut written_total = 0u64;
+        let mut failed = false;
+        while !conn.out.is_empty() {
+            let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            for (i, frame) in conn.out.iter().take(MAX_IOVECS).enumerate() {
+                let start = if i == 0 { conn.out_off } else { 0 };
+                slices[i] = IoSlice::new(&frame[start..]);
+                n += 1;
+            }
+            match conn.sock.write_vectored(&slices[..n]) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(mut written) => {
+                    written_total += written as u64;
+                    conn.out_bytes -= written;
+                    while written > 0 {
+                        let head_left = conn.out[0].len() - conn.out_off;
+                        if written >= head_left {
+                            written -= head_left;
+                            conn.out.pop_front();
+                            conn.out_off = 0;
+                        } else {
+                            conn.out_off += written;
+                            written = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        metrics::add(&self.core.metrics.bytes_out, written_total);
+        if conn.out.is_empty() && conn.out.capacity() > 0 {
+            // An empty queue holds no memory: idle connections are most
+            // connections (S3), and one allocation per busy turn is cheap
+            // next to the writev it goes with.
+            conn.out = VecDeque::new();
+        }
+        let drained = conn.out.is_empty();
+        let phase = conn.phase;
+        if failed {
+            self.remove(key, DisconnectReason::IoError);
+        } else if drained && phase == Phase::Draining {
+            // `remove` counts the connection closed before dropping the
+            // socket sends the FIN, so a client that saw the end of the
+            // response never finds it still counted in /metrics.
+            self.remove(key, DisconnectReason::HttpDone);
+        }
+    }
+}
+
+/// Notes that bytes arrived: the heartbeat clock restarts.
+fn record_received<M, S>(core: &mut Core<M, S>, key: usize, n: usize) {
+    core.conns[key].last_recv_ms = core.now_ms;
+    metrics::add(&core.metrics.bytes_in, n as u64);
+}

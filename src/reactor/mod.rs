@@ -1,0 +1,382 @@
+//! One shard: a `mio` event loop on its own (pinned) thread that owns its
+//! listener and its connections, and runs an [`App`] for them.
+//!
+//! Sockets are spread over shards by the kernel: every shard has its own
+//! `SO_REUSEPORT` listener on the same address, and Linux hashes each new
+//! connection's 4-tuple to one of them. That needs no acceptor thread and no
+//! hand-off between threads, and it keeps accepting even when one shard is
+//! busy with a broadcast.
+//!
+//! Per loop turn: handle socket events, drain the inter-shard inbox, run the
+//! app's end-of-turn work, send the batched bus messages (one channel send
+//! and one wake per destination shard), then flush every connection that got
+//! frames this turn with one `writev` each. The reactor knows nothing of
+//! chat: it calls the app's hooks and the app answers through `app::Port`.
+
+mod conn;
+mod core;
+mod io;
+
+use self::conn::{Conn, Phase};
+use self::core::Core;
+use crate::app::{App, Port};
+use crate::bus::ShardLink;
+use crate::config::Config;
+use crate::limits::IpLimiter;
+use crate::metrics::{self, DisconnectReason, ShardMetrics};
+use crate::ws::{self, close_code, OpCode};
+use crossbeam_channel::Receiver;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::io as stdio;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Token of each shard's waker (`server` creates the wakers with it).
+pub const WAKER: Token = Token(usize::MAX - 2);
+/// Back-off after `accept` failed for lack of file descriptors.
+const EMFILE_BACKOFF_MS: u64 = 100;
+
+/// Process-wide transport state every shard reads. Only atomics change
+/// after start.
+pub struct Shared {
+    pub cfg: Arc<Config>,
+    pub ip_limiter: IpLimiter,
+    pub metrics: Vec<Arc<ShardMetrics>>,
+    pub shutdown: AtomicBool,
+    pub started: Instant,
+}
+
+pub struct Shard<A: App> {
+    core: Core<A::Msg, A::Session>,
+    app: A,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    inbox: Receiver<Vec<A::Msg>>,
+    read_buf: Vec<u8>,
+    accept_paused_until: u64,
+    next_tick_ms: u64,
+    tick_ms: u64,
+    drain_deadline: Option<u64>,
+    last_emfile_log: u64,
+}
+
+impl<A: App> Shard<A> {
+    pub fn new(
+        shard: usize,
+        shared: Arc<Shared>,
+        links: Arc<[ShardLink<A::Msg>]>,
+        app: A,
+        poll: Poll,
+        listener: TcpListener,
+        inbox: Receiver<Vec<A::Msg>>,
+    ) -> stdio::Result<Self> {
+        let registry = poll.registry().try_clone()?;
+        let mut listener = listener;
+        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+        let cfg = &shared.cfg;
+        // Timers are checked by a sweep; its period follows the shortest
+        // configured timeout so small test timeouts stay accurate.
+        let shortest = cfg
+            .handshake_timeout_ms
+            .min(cfg.heartbeat_ms)
+            .min(cfg.heartbeat_timeout_ms);
+        let tick_ms = (shortest / 4).clamp(5, 250);
+        let n = links.len();
+        let metrics = shared.metrics[shard].clone();
+        Ok(Shard {
+            core: Core {
+                shard,
+                shared,
+                links,
+                conns: Slab::with_capacity(1024),
+                now_ms: 0,
+                metrics,
+                registry,
+                dirty: Vec::with_capacity(1024),
+                outbox: (0..n).map(|_| Vec::new()).collect(),
+                local: VecDeque::new(),
+                reread: Vec::new(),
+                next_conn_id: 1,
+            },
+            app,
+            poll,
+            listener: Some(listener),
+            inbox,
+            read_buf: vec![0; io::READ_BUF],
+            accept_paused_until: 0,
+            next_tick_ms: 0,
+            tick_ms,
+            drain_deadline: None,
+            last_emfile_log: 0,
+        })
+    }
+
+    fn clock(&self) -> u64 {
+        self.core.shared.started.elapsed().as_millis() as u64
+    }
+
+    /// Runs until shutdown has drained every connection.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let mut timeout = self.next_tick_ms.saturating_sub(self.core.now_ms);
+            if self.accept_paused_until > 0 {
+                timeout = timeout.min(self.accept_paused_until.saturating_sub(self.core.now_ms));
+            }
+            if !self.core.local.is_empty()
+                || !self.core.reread.is_empty()
+                || self.core.outbox.iter().any(|b| !b.is_empty())
+            {
+                timeout = 0;
+            }
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(timeout)))
+            {
+                if e.kind() != stdio::ErrorKind::Interrupted {
+                    tracing::error!(shard = self.core.shard, "poll failed: {e}");
+                    return;
+                }
+            }
+            self.core.now_ms = self.clock();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(key);
+                        }
+                        // Written at the end of the turn, after the bus:
+                        // a reply must never overtake the bus messages the
+                        // same turn produced (a `welcome` seen by the client
+                        // before its user home knows the connection would
+                        // let a DM sent right after miss it).
+                        if event.is_writable() {
+                            self.core.mark_dirty(key);
+                        }
+                    }
+                }
+            }
+            self.drain_inbox();
+            self.run_local();
+            for key in std::mem::take(&mut self.core.reread) {
+                self.process_leftover(key);
+                self.on_readable(key);
+            }
+            self.run_local();
+            // Bus messages to itself that this produces wait for the next
+            // turn, which then starts at once (the poll timeout is 0).
+            self.app.end_of_turn(&mut self.core);
+            self.core.flush_outbox();
+            self.flush_dirty();
+            if self.accept_paused_until > 0 && self.core.now_ms >= self.accept_paused_until {
+                self.accept_paused_until = 0;
+                self.accept();
+            }
+            if self.core.now_ms >= self.next_tick_ms {
+                self.tick();
+                self.next_tick_ms = self.core.now_ms + self.tick_ms;
+            }
+            if self.core.shared.shutdown.load(Ordering::Relaxed) && self.drain() {
+                return;
+            }
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        while let Ok(batch) = self.inbox.try_recv() {
+            for msg in batch {
+                self.app.on_bus(&mut self.core, msg);
+            }
+            self.run_local();
+        }
+    }
+
+    fn run_local(&mut self) {
+        while let Some(msg) = self.core.local.pop_front() {
+            self.app.on_bus(&mut self.core, msg);
+        }
+    }
+
+    /// Shutdown: stop accepting, close every connection with 1001, and
+    /// report true once all are gone or the drain deadline passed.
+    fn drain(&mut self) -> bool {
+        let now = self.core.now_ms;
+        let deadline = match self.drain_deadline {
+            Some(d) => d,
+            None => {
+                let d = now + self.core.shared.cfg.drain_timeout_ms;
+                self.drain_deadline = Some(d);
+                if let Some(mut l) = self.listener.take() {
+                    let _ = self.core.registry.deregister(&mut l);
+                }
+                let keys: Vec<usize> = self.core.conns.iter().map(|(k, _)| k).collect();
+                for key in keys {
+                    match self.core.conns[key].phase {
+                        Phase::Ws => self.core.close_ws(
+                            key,
+                            close_code::GOING_AWAY,
+                            "server shutdown",
+                            DisconnectReason::Shutdown,
+                        ),
+                        Phase::Http if !self.core.conns[key].awaiting_reply => {
+                            self.remove(key, DisconnectReason::Shutdown)
+                        }
+                        _ => {}
+                    }
+                }
+                self.flush_dirty();
+                d
+            }
+        };
+        self.core.conns.is_empty() || now >= deadline
+    }
+
+    fn accept(&mut self) {
+        if self.accept_paused_until > 0 {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((sock, addr)) => self.add_conn(sock, addr.ip()),
+                Err(e) if e.kind() == stdio::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                    // Out of descriptors: leave the rest in the backlog and
+                    // retry shortly instead of spinning on a readable listener.
+                    metrics::inc(&self.core.metrics.accept_errors);
+                    self.accept_paused_until = self.core.now_ms + EMFILE_BACKOFF_MS;
+                    if self.core.now_ms >= self.last_emfile_log + 5000 {
+                        self.last_emfile_log = self.core.now_ms;
+                        tracing::warn!(shard = self.core.shard, "accept: {e}; backing off");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    metrics::inc(&self.core.metrics.accept_errors);
+                    tracing::debug!(shard = self.core.shard, "accept: {e}");
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, mut sock: TcpStream, ip: IpAddr) {
+        if let Err(e) = sock.set_nodelay(true) {
+            tracing::debug!("set_nodelay: {e}");
+        }
+        let id = self.core.next_conn_id;
+        self.core.next_conn_id += 1;
+        let entry = self.core.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.core.registry.register(
+            &mut sock,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::debug!("register: {e}");
+            return;
+        }
+        entry.insert(Conn::new(sock, id, ip, self.core.now_ms));
+        metrics::inc(&self.core.metrics.connections_total);
+        metrics::inc(&self.core.metrics.connections_open);
+    }
+
+    /// Drops a connection and releases everything it held.
+    fn remove(&mut self, key: usize, reason: DisconnectReason) {
+        if !self.core.conns.contains(key) {
+            return;
+        }
+        let conn_ref = self.core.conn_ref(key);
+        let mut conn = self.core.conns.remove(key);
+        let _ = self.core.registry.deregister(&mut conn.sock);
+        if conn.ip_counted {
+            self.core
+                .shared
+                .ip_limiter
+                .release(conn.ip, self.core.shared.started.elapsed().as_secs());
+        }
+        // Reasons of server-initiated closes were counted when sent.
+        if !conn.close_sent {
+            self.core.metrics.disconnect(reason);
+        }
+        self.core
+            .metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+        if let Some(session) = conn.session.take() {
+            self.app
+                .on_disconnect(&mut self.core, key, conn_ref, session);
+        }
+    }
+
+    /// Periodic sweep: handshake timeouts, heartbeats, token expiry, close
+    /// deadlines, and the app's housekeeping.
+    fn tick(&mut self) {
+        let now = self.core.now_ms;
+        let cfg = self.core.shared.cfg.clone();
+        let now_secs = crate::auth::now_secs();
+        let mut actions: Vec<(usize, TickAction)> = Vec::new();
+        for (key, conn) in self.core.conns.iter() {
+            let action = match conn.phase {
+                Phase::Http if !conn.awaiting_reply => (now.saturating_sub(conn.opened_ms)
+                    >= cfg.handshake_timeout_ms)
+                    .then_some(TickAction::Drop(DisconnectReason::HandshakeTimeout)),
+                Phase::Ws => {
+                    let quiet_for = now.saturating_sub(conn.last_recv_ms);
+                    let expired = conn
+                        .session
+                        .as_deref()
+                        .and_then(A::expires_at)
+                        .is_some_and(|exp| now_secs >= exp);
+                    if quiet_for >= cfg.heartbeat_ms + cfg.heartbeat_timeout_ms {
+                        Some(TickAction::Drop(DisconnectReason::HeartbeatTimeout))
+                    } else if expired {
+                        Some(TickAction::Expire)
+                    } else if now.saturating_sub(conn.last_ping_ms) >= cfg.heartbeat_ms {
+                        Some(TickAction::Ping)
+                    } else {
+                        None
+                    }
+                }
+                Phase::Closing | Phase::Draining => {
+                    (now >= conn.deadline_ms).then_some(TickAction::Drop(DisconnectReason::Policy))
+                }
+                Phase::Http => None,
+            };
+            if let Some(a) = action {
+                actions.push((key, a));
+            }
+        }
+        for (key, action) in actions {
+            match action {
+                TickAction::Drop(reason) => self.remove(key, reason),
+                TickAction::Expire => self.core.close_ws(
+                    key,
+                    close_code::POLICY,
+                    "token expired",
+                    DisconnectReason::TokenExpired,
+                ),
+                TickAction::Ping => {
+                    self.core.conns[key].last_ping_ms = now;
+                    self.core.send_frame(key, ws::frame(OpCode::Ping, b""));
+                }
+            }
+        }
+        self.app.on_tick(&mut self.core);
+    }
+}
+
+enum TickAction {
+    Drop(DisconnectReason),
+    Expire,
+    Ping,
+}
