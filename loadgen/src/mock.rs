@@ -4,7 +4,7 @@
 //! load generator's own ceiling; it is not a reference implementation.
 
 use crate::jwt;
-use crate::ws;
+use crate::ws::{self, OpCode, Parse};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX);
+/// Largest client frame the mock accepts.
+const MAX_FRAME: usize = 1 << 24;
 
 #[derive(Clone, Debug)]
 pub struct MockOpts {
@@ -91,19 +93,23 @@ mod slab_lite {
     }
 }
 
-fn frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    out.push(0x80 | opcode);
-    let n = payload.len();
-    if n < 126 {
-        out.push(n as u8);
-    } else if n <= 0xffff {
-        out.push(126);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    out.extend_from_slice(payload);
+/// Append one server (unmasked) text frame.
+fn text(out: &mut Vec<u8>, payload: &[u8]) {
+    ws::encode_frame(out, OpCode::Text, payload, None);
+}
+
+/// Answer an upgrade request with an HTTP error and close.
+fn refuse(c: &mut MConn, status: &[u8], body: &[u8]) {
+    c.out.extend_from_slice(b"HTTP/1.1 ");
+    c.out.extend_from_slice(status);
+    let _ = write!(
+        c.out,
+        "\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    c.out.extend_from_slice(body);
+    c.closed = true;
+    let _ = c.stream.write(&c.out);
 }
 
 fn json_str<'a>(p: &'a [u8], key: &str) -> Option<&'a [u8]> {
@@ -215,11 +221,7 @@ impl Server {
                 }),
             };
             let Some(user) = user else {
-                c.out.extend_from_slice(
-                    b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 25\r\nconnection: close\r\n\r\n{\"error\":\"invalid token\"}",
-                );
-                c.closed = true;
-                let _ = c.stream.write(&c.out);
+                refuse(c, b"401 Unauthorized", br#"{"error":"invalid token"}"#);
                 return;
             };
             self.next_session += 1;
@@ -229,53 +231,32 @@ impl Server {
                 r#"{{"type":"welcome","user":"{user}","name":"{user}","session":"s{}","node":"mock","heartbeat_ms":30000,"limits":{{"max_frame_bytes":65536,"max_body_bytes":16384,"rate_per_sec":1000000,"burst":1000000}}}}"#,
                 self.next_session
             );
-            frame(&mut c.out, ws::OP_TEXT, welcome.as_bytes());
+            text(&mut c.out, welcome.as_bytes());
             c.user = user;
             self.mark(idx);
         }
-        let mut payload = Vec::new();
-        loop {
-            let b = &data[pos..];
-            if b.len() < 2 {
-                break;
-            }
-            let op = b[0] & 0x0f;
-            let mut len = (b[1] & 0x7f) as usize;
-            let mut h = 2;
-            if len == 126 {
-                if b.len() < 4 {
-                    break;
-                }
-                len = u16::from_be_bytes([b[2], b[3]]) as usize;
-                h = 4;
-            } else if len == 127 {
-                if b.len() < 10 {
-                    break;
-                }
-                len = u64::from_be_bytes(b[2..10].try_into().expect("8")) as usize;
-                h = 10;
-            }
-            let masked = b[1] & 0x80 != 0;
-            let mh = if masked { h + 4 } else { h };
-            if b.len() < mh + len {
-                break;
-            }
-            payload.clear();
-            payload.extend_from_slice(&b[mh..mh + len]);
-            if masked {
-                let m = [b[h], b[h + 1], b[h + 2], b[h + 3]];
-                ws::apply_mask(&mut payload, m);
-            }
-            pos += mh + len;
-            match op {
-                ws::OP_TEXT => self.on_text(idx, &payload),
-                ws::OP_PING => {
+        while pos < data.len() {
+            let h = match ws::parse_client_frame(&mut data[pos..], MAX_FRAME) {
+                Ok(Parse::Frame(h)) => h,
+                Ok(Parse::Incomplete { .. }) => break,
+                Err(_) => {
                     if let Some(c) = self.conns.get_mut(idx) {
-                        frame(&mut c.out, ws::OP_PONG, &payload);
+                        c.closed = true;
+                    }
+                    break;
+                }
+            };
+            let payload = &data[pos + h.payload_start..pos + h.total_len()];
+            pos += h.total_len();
+            match h.opcode {
+                OpCode::Text => self.on_text(idx, payload),
+                OpCode::Ping => {
+                    if let Some(c) = self.conns.get_mut(idx) {
+                        ws::encode_frame(&mut c.out, OpCode::Pong, payload, None);
                     }
                     self.mark(idx);
                 }
-                ws::OP_CLOSE => {
+                OpCode::Close => {
                     if let Some(c) = self.conns.get_mut(idx) {
                         c.closed = true;
                     }
@@ -320,7 +301,7 @@ impl Server {
                 );
                 if let Some(c) = self.conns.get_mut(idx) {
                     c.rooms.push(ri);
-                    frame(&mut c.out, ws::OP_TEXT, reply.as_bytes());
+                    text(&mut c.out, reply.as_bytes());
                 }
                 self.mark(idx);
             }
@@ -351,7 +332,7 @@ impl Server {
                 m.extend_from_slice(body);
                 m.push(b'}');
                 let mut f = Vec::with_capacity(m.len() + 4);
-                frame(&mut f, ws::OP_TEXT, &m);
+                text(&mut f, &m);
                 let members = std::mem::take(&mut self.rooms[ri].members);
                 for &mi in &members {
                     if let Some(c) = self.conns.get_mut(mi) {
@@ -364,7 +345,7 @@ impl Server {
                 let ack =
                     format!(r#"{{"type":"ack"{id_s},"room":"{name}","seq":{seq},"ts":{ts}}}"#);
                 if let Some(c) = self.conns.get_mut(idx) {
-                    frame(&mut c.out, ws::OP_TEXT, ack.as_bytes());
+                    text(&mut c.out, ack.as_bytes());
                 }
                 self.mark(idx);
                 self.msg = m;
@@ -372,7 +353,7 @@ impl Server {
             b"ping" => {
                 let reply = format!(r#"{{"type":"pong"{id_s}}}"#);
                 if let Some(c) = self.conns.get_mut(idx) {
-                    frame(&mut c.out, ws::OP_TEXT, reply.as_bytes());
+                    text(&mut c.out, reply.as_bytes());
                 }
                 self.mark(idx);
             }
@@ -380,7 +361,7 @@ impl Server {
                 let reply =
                     format!(r#"{{"type":"error"{id_s},"code":"unknown_type","message":"mock"}}"#);
                 if let Some(c) = self.conns.get_mut(idx) {
-                    frame(&mut c.out, ws::OP_TEXT, reply.as_bytes());
+                    text(&mut c.out, reply.as_bytes());
                 }
                 self.mark(idx);
             }
