@@ -240,6 +240,9 @@ pub struct FinalReport {
     pub thread: usize,
     pub deliveries: u64,
     pub published: u64,
+    /// Traffic: deliveries owed for every publish of the run (its room's members), in a
+    /// window or not, so `expected_deliveries - deliveries` is the run's loss.
+    pub expected_deliveries: u64,
     pub acks: u64,
     pub pongs: u64,
     /// Acks: room messages received by the publishers (their own and their room mates').
@@ -1349,6 +1352,9 @@ impl Worker {
             self.send_pbuf(slot);
         }
         self.fin.published += 1;
+        if matches!(self.cfg.mode, Mode::Traffic { .. }) {
+            self.fin.expected_deliveries += expected_add;
+        }
         if w > 0 {
             let ws = &mut self.windows[w as usize];
             ws.published += 1;

@@ -25,6 +25,26 @@ pub struct MockOpts {
     pub secret: Option<String>,
     /// Flush queued frames at most this often (batching; 0 = after every poll).
     pub flush_ms: u64,
+    /// Fan out no copy of a room's every Nth message (room seq a multiple of N), as a lossy
+    /// server would: the publisher is still acked, the members see a seq gap. Tests the load
+    /// generator's loss and gap accounting.
+    pub drop_every: Option<u64>,
+    /// Refuse every Kth upgrade request (the Kth, 2Kth, ... since start) with HTTP 429, as a
+    /// server does past its per-IP connection cap. Tests the failure accounting.
+    pub refuse_every: Option<u64>,
+}
+
+impl MockOpts {
+    /// No auth, 1 ms flushes, nothing dropped or refused.
+    pub fn new(listen: SocketAddr) -> MockOpts {
+        MockOpts {
+            listen,
+            secret: None,
+            flush_ms: 1,
+            drop_every: None,
+            refuse_every: None,
+        }
+    }
 }
 
 struct MConn {
@@ -53,6 +73,8 @@ struct Server {
     scratch: Vec<u8>,
     msg: Vec<u8>,
     next_session: u64,
+    /// Upgrade requests seen (for `refuse_every`).
+    upgrades: u64,
 }
 
 /// A minimal slab (index reuse) to avoid a dependency.
@@ -208,6 +230,19 @@ impl Server {
             };
             let head = String::from_utf8_lossy(&data[..end]).into_owned();
             pos = end + 4;
+            self.upgrades += 1;
+            if self
+                .opts
+                .refuse_every
+                .is_some_and(|k| self.upgrades.is_multiple_of(k))
+            {
+                refuse(
+                    c,
+                    b"429 Too Many Requests",
+                    br#"{"error":"too many conns"}"#,
+                );
+                return;
+            }
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let token = path
                 .split_once("token=")
@@ -334,7 +369,8 @@ impl Server {
                 let mut f = Vec::with_capacity(m.len() + 4);
                 text(&mut f, &m);
                 let members = std::mem::take(&mut self.rooms[ri].members);
-                for &mi in &members {
+                let dropped = self.opts.drop_every.is_some_and(|n| seq.is_multiple_of(n));
+                for &mi in members.iter().filter(|_| !dropped) {
                     if let Some(c) = self.conns.get_mut(mi) {
                         c.out.extend_from_slice(&f);
                     }
@@ -438,6 +474,7 @@ pub fn serve(
         scratch: Vec::new(),
         msg: Vec::new(),
         next_session: 0,
+        upgrades: 0,
     };
     let mut events = Events::with_capacity(1024);
     let mut last_flush = Instant::now();
