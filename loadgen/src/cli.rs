@@ -11,12 +11,24 @@ use std::path::PathBuf;
     name = "loadgen",
     version,
     about = "Load generator for corechat and its peers (BENCHMARKS.md scenarios)",
-    after_help = "Pin like the benchmarks: `taskset -c 0 loadgen fanout --server-pid $(pgrep -n corechat) --out DIR`.\nSee docs/BENCH.md."
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
 }
+
+const AFTER_HELP: &str = "\
+Pin like the benchmarks, and give --server-pid the PID of the server you started, e.g. $! right
+after starting it in the background (not a guess such as the newest process named corechat,
+which may be someone else's):
+
+  taskset -c 1 corechat serve --no-pin ... &
+  taskset -c 0 loadgen fanout --server-pid $! --out DIR
+
+Exit status: 0; 1 on an error (including no connection set up); 2 when the run finished but more
+than --max-failed-pct of its connections failed (the figures are still printed and written).
+See docs/BENCH.md.";
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
@@ -51,6 +63,13 @@ pub enum Cmd {
         /// Flush queued frames every N ms (bigger batches, fewer syscalls)
         #[arg(long, default_value_t = 1)]
         flush_ms: u64,
+        /// Deliver no copy of each room's every Nth message (a lossy server, for testing loss
+        /// and seq-gap accounting)
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        drop_every: Option<u64>,
+        /// Refuse every Kth upgrade with HTTP 429 (for testing failure accounting)
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        refuse_every: Option<u64>,
     },
     /// Print the figures and percentiles of two result directories side by side with ratios
     Compare {
@@ -142,6 +161,10 @@ pub struct Common {
     /// Flag the load generator as saturated above this CPU % of one of its threads
     #[arg(long, default_value_t = 90.0)]
     pub saturation_pct: f64,
+    /// Fail the run (exit status 2) when more than this % of the connections could not be set
+    /// up (HTTP status, refused, timeout, ...)
+    #[arg(long, default_value_t = 1.0)]
+    pub max_failed_pct: f64,
 }
 
 #[derive(Args, Debug, Clone)]

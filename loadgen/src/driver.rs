@@ -37,6 +37,29 @@ impl ConnectSummary {
             0.0
         }
     }
+
+    /// Failed connections by cause: `http <status>`, `refused`, `timeout` or `other` (the
+    /// exact reasons are in `failures`).
+    pub fn failures_by_cause(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for (reason, n) in &self.failures {
+            *m.entry(failure_cause(reason)).or_default() += n;
+        }
+        m
+    }
+}
+
+/// The cause of a connection that could not be set up, from its reason.
+pub fn failure_cause(reason: &str) -> String {
+    if reason.starts_with("http ") {
+        reason.to_string()
+    } else if reason == "connection refused" {
+        "refused".into()
+    } else if reason.starts_with("timeout") || reason == "tcp timeout" {
+        "timeout".into()
+    } else {
+        "other".into()
+    }
 }
 
 /// A measurement window's results with the CPU figures around it.
@@ -579,6 +602,7 @@ impl Driver {
         for f in std::mem::take(&mut self.finals) {
             total.deliveries += f.deliveries;
             total.published += f.published;
+            total.expected_deliveries += f.expected_deliveries;
             total.acks += f.acks;
             total.pongs += f.pongs;
             total.room_messages += f.room_messages;

@@ -15,7 +15,7 @@ use crate::proto::{self, Classifier, In, Stage, Target};
 use crate::seq::{SeqCheck, SeqStats, SeqTracker};
 use crate::stats::{new_hist, record_ns, Hist};
 use crate::sys::{mono_ns, thread_cpu_ns, unix_ms};
-use crate::ws::{self, Parsed, Upgrade};
+use crate::ws::{self, OpCode, Parse, Upgrade};
 use base64::Engine as _;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -240,6 +240,9 @@ pub struct FinalReport {
     pub thread: usize,
     pub deliveries: u64,
     pub published: u64,
+    /// Traffic: deliveries owed for every publish of the run (its room's members), in a
+    /// window or not, so `expected_deliveries - deliveries` is the run's loss.
+    pub expected_deliveries: u64,
     pub acks: u64,
     pub pongs: u64,
     /// Acks: room messages received by the publishers (their own and their room mates').
@@ -893,11 +896,11 @@ impl Worker {
         c.out.drain(..off);
     }
 
-    fn send_frame(&mut self, slot: usize, opcode: u8, payload: &[u8]) {
+    fn send_frame(&mut self, slot: usize, opcode: OpCode, payload: &[u8]) {
         let mask = (self.rand() as u32).to_ne_bytes();
         let mut f = std::mem::take(&mut self.fbuf);
         f.clear();
-        ws::encode_frame(&mut f, opcode, payload, mask);
+        ws::encode_frame(&mut f, opcode, payload, Some(mask));
         self.write_out(slot, &f);
         self.fbuf = f;
     }
@@ -905,7 +908,7 @@ impl Worker {
     /// Send `self.pbuf` as a text frame.
     fn send_pbuf(&mut self, slot: usize) {
         let p = std::mem::take(&mut self.pbuf);
-        self.send_frame(slot, ws::OP_TEXT, &p);
+        self.send_frame(slot, OpCode::Text, &p);
         self.pbuf = p;
     }
 
@@ -1026,22 +1029,22 @@ impl Worker {
             }
         }
         while pos < data.len() {
-            let f = match ws::parse_frame(&data[pos..]) {
-                Parsed::Frame(f) => f,
-                Parsed::Incomplete { .. } => break,
-                Parsed::Error(e) => return Err(format!("protocol: {e}").into()),
+            let f = match ws::parse_server_frame(&data[pos..], ws::MAX_SERVER_FRAME) {
+                Ok(Parse::Frame(f)) => f,
+                Ok(Parse::Incomplete { .. }) => break,
+                Err(e) => return Err(format!("protocol: {}", e.reason).into()),
             };
-            let payload = &data[pos + f.header_len..pos + f.total_len()];
+            let payload = f.payload(&data[pos..]);
             pos += f.total_len();
             match f.opcode {
-                ws::OP_TEXT if f.fin => self.on_text(slot, payload),
-                ws::OP_BINARY if f.fin => self.fin.other_frames += 1,
-                ws::OP_TEXT | ws::OP_BINARY => {
+                OpCode::Text if f.fin => self.on_text(slot, payload),
+                OpCode::Binary if f.fin => self.fin.other_frames += 1,
+                OpCode::Text | OpCode::Binary => {
                     let mut v = Vec::with_capacity(payload.len() * 2);
                     v.extend_from_slice(payload);
                     self.conns[slot].frag = Some(v);
                 }
-                ws::OP_CONT => {
+                OpCode::Continuation => {
                     let Some(mut v) = self.conns[slot].frag.take() else {
                         return Err("protocol: continuation without start".into());
                     };
@@ -1052,22 +1055,22 @@ impl Worker {
                         self.conns[slot].frag = Some(v);
                     }
                 }
-                ws::OP_PING => self.send_frame(slot, ws::OP_PONG, payload),
-                ws::OP_PONG if payload.len() == 8 => {
+                OpCode::Ping => self.send_frame(slot, OpCode::Pong, payload),
+                OpCode::Pong if payload.len() == 8 => {
                     let id = u64::from_be_bytes(payload.try_into().expect("8 bytes"));
                     self.on_pong(Some(id));
                 }
-                ws::OP_CLOSE => {
+                OpCode::Close => {
                     let code = if payload.len() >= 2 {
                         u16::from_be_bytes([payload[0], payload[1]])
                     } else {
-                        1005
+                        ws::close_code::NO_STATUS
                     };
                     let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or(&[]))
                         .chars()
                         .take(60)
                         .collect::<String>();
-                    self.send_frame(slot, ws::OP_CLOSE, &payload[..payload.len().min(2)]);
+                    self.send_frame(slot, OpCode::Close, &payload[..payload.len().min(2)]);
                     return Err(if reason.is_empty() {
                         format!("close {code}").into()
                     } else {
@@ -1324,7 +1327,7 @@ impl Worker {
                 proto::ping_payload(&mut self.pbuf, id);
                 self.send_pbuf(slot);
             } else {
-                self.send_frame(slot, ws::OP_PING, &id.to_be_bytes());
+                self.send_frame(slot, OpCode::Ping, &id.to_be_bytes());
             }
         } else {
             let room = self.conns[slot].room;
@@ -1349,6 +1352,9 @@ impl Worker {
             self.send_pbuf(slot);
         }
         self.fin.published += 1;
+        if matches!(self.cfg.mode, Mode::Traffic { .. }) {
+            self.fin.expected_deliveries += expected_add;
+        }
         if w > 0 {
             let ws = &mut self.windows[w as usize];
             ws.published += 1;

@@ -24,11 +24,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             listen,
             jwt_secret,
             flush_ms,
+            drop_every,
+            refuse_every,
         } => {
             let opts = loadgen::mock::MockOpts {
-                listen: *listen,
                 secret: jwt_secret.clone(),
                 flush_ms: *flush_ms,
+                drop_every: *drop_every,
+                refuse_every: *refuse_every,
+                ..loadgen::mock::MockOpts::new(*listen)
             };
             eprintln!("mock server on ws://{listen}/ws");
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -53,6 +57,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             if let Some(dir) = &common.out {
                 scenarios::write_out(dir, &outcome)?;
                 println!("results in {}", dir.display());
+            }
+            if let Some(why) = &outcome.failed {
+                eprintln!("error: {why}");
+                std::process::exit(2);
             }
             Ok(())
         }

@@ -4,7 +4,7 @@
 //! load generator's own ceiling; it is not a reference implementation.
 
 use crate::jwt;
-use crate::ws;
+use crate::ws::{self, OpCode, Parse};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX);
+/// Largest client frame the mock accepts.
+const MAX_FRAME: usize = 1 << 24;
 
 #[derive(Clone, Debug)]
 pub struct MockOpts {
@@ -23,6 +25,26 @@ pub struct MockOpts {
     pub secret: Option<String>,
     /// Flush queued frames at most this often (batching; 0 = after every poll).
     pub flush_ms: u64,
+    /// Fan out no copy of a room's every Nth message (room seq a multiple of N), as a lossy
+    /// server would: the publisher is still acked, the members see a seq gap. Tests the load
+    /// generator's loss and gap accounting.
+    pub drop_every: Option<u64>,
+    /// Refuse every Kth upgrade request (the Kth, 2Kth, ... since start) with HTTP 429, as a
+    /// server does past its per-IP connection cap. Tests the failure accounting.
+    pub refuse_every: Option<u64>,
+}
+
+impl MockOpts {
+    /// No auth, 1 ms flushes, nothing dropped or refused.
+    pub fn new(listen: SocketAddr) -> MockOpts {
+        MockOpts {
+            listen,
+            secret: None,
+            flush_ms: 1,
+            drop_every: None,
+            refuse_every: None,
+        }
+    }
 }
 
 struct MConn {
@@ -51,6 +73,8 @@ struct Server {
     scratch: Vec<u8>,
     msg: Vec<u8>,
     next_session: u64,
+    /// Upgrade requests seen (for `refuse_every`).
+    upgrades: u64,
 }
 
 /// A minimal slab (index reuse) to avoid a dependency.
@@ -91,19 +115,23 @@ mod slab_lite {
     }
 }
 
-fn frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    out.push(0x80 | opcode);
-    let n = payload.len();
-    if n < 126 {
-        out.push(n as u8);
-    } else if n <= 0xffff {
-        out.push(126);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    out.extend_from_slice(payload);
+/// Append one server (unmasked) text frame.
+fn text(out: &mut Vec<u8>, payload: &[u8]) {
+    ws::encode_frame(out, OpCode::Text, payload, None);
+}
+
+/// Answer an upgrade request with an HTTP error and close.
+fn refuse(c: &mut MConn, status: &[u8], body: &[u8]) {
+    c.out.extend_from_slice(b"HTTP/1.1 ");
+    c.out.extend_from_slice(status);
+    let _ = write!(
+        c.out,
+        "\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    c.out.extend_from_slice(body);
+    c.closed = true;
+    let _ = c.stream.write(&c.out);
 }
 
 fn json_str<'a>(p: &'a [u8], key: &str) -> Option<&'a [u8]> {
@@ -202,6 +230,19 @@ impl Server {
             };
             let head = String::from_utf8_lossy(&data[..end]).into_owned();
             pos = end + 4;
+            self.upgrades += 1;
+            if self
+                .opts
+                .refuse_every
+                .is_some_and(|k| self.upgrades.is_multiple_of(k))
+            {
+                refuse(
+                    c,
+                    b"429 Too Many Requests",
+                    br#"{"error":"too many conns"}"#,
+                );
+                return;
+            }
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let token = path
                 .split_once("token=")
@@ -215,11 +256,7 @@ impl Server {
                 }),
             };
             let Some(user) = user else {
-                c.out.extend_from_slice(
-                    b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 25\r\nconnection: close\r\n\r\n{\"error\":\"invalid token\"}",
-                );
-                c.closed = true;
-                let _ = c.stream.write(&c.out);
+                refuse(c, b"401 Unauthorized", br#"{"error":"invalid token"}"#);
                 return;
             };
             self.next_session += 1;
@@ -229,53 +266,32 @@ impl Server {
                 r#"{{"type":"welcome","user":"{user}","name":"{user}","session":"s{}","node":"mock","heartbeat_ms":30000,"limits":{{"max_frame_bytes":65536,"max_body_bytes":16384,"rate_per_sec":1000000,"burst":1000000}}}}"#,
                 self.next_session
             );
-            frame(&mut c.out, ws::OP_TEXT, welcome.as_bytes());
+            text(&mut c.out, welcome.as_bytes());
             c.user = user;
             self.mark(idx);
         }
-        let mut payload = Vec::new();
-        loop {
-            let b = &data[pos..];
-            if b.len() < 2 {
-                break;
-            }
-            let op = b[0] & 0x0f;
-            let mut len = (b[1] & 0x7f) as usize;
-            let mut h = 2;
-            if len == 126 {
-                if b.len() < 4 {
-                    break;
-                }
-                len = u16::from_be_bytes([b[2], b[3]]) as usize;
-                h = 4;
-            } else if len == 127 {
-                if b.len() < 10 {
-                    break;
-                }
-                len = u64::from_be_bytes(b[2..10].try_into().expect("8")) as usize;
-                h = 10;
-            }
-            let masked = b[1] & 0x80 != 0;
-            let mh = if masked { h + 4 } else { h };
-            if b.len() < mh + len {
-                break;
-            }
-            payload.clear();
-            payload.extend_from_slice(&b[mh..mh + len]);
-            if masked {
-                let m = [b[h], b[h + 1], b[h + 2], b[h + 3]];
-                ws::apply_mask(&mut payload, m);
-            }
-            pos += mh + len;
-            match op {
-                ws::OP_TEXT => self.on_text(idx, &payload),
-                ws::OP_PING => {
+        while pos < data.len() {
+            let h = match ws::parse_client_frame(&mut data[pos..], MAX_FRAME) {
+                Ok(Parse::Frame(h)) => h,
+                Ok(Parse::Incomplete { .. }) => break,
+                Err(_) => {
                     if let Some(c) = self.conns.get_mut(idx) {
-                        frame(&mut c.out, ws::OP_PONG, &payload);
+                        c.closed = true;
+                    }
+                    break;
+                }
+            };
+            let payload = &data[pos + h.payload_start..pos + h.total_len()];
+            pos += h.total_len();
+            match h.opcode {
+                OpCode::Text => self.on_text(idx, payload),
+                OpCode::Ping => {
+                    if let Some(c) = self.conns.get_mut(idx) {
+                        ws::encode_frame(&mut c.out, OpCode::Pong, payload, None);
                     }
                     self.mark(idx);
                 }
-                ws::OP_CLOSE => {
+                OpCode::Close => {
                     if let Some(c) = self.conns.get_mut(idx) {
                         c.closed = true;
                     }
@@ -320,7 +336,7 @@ impl Server {
                 );
                 if let Some(c) = self.conns.get_mut(idx) {
                     c.rooms.push(ri);
-                    frame(&mut c.out, ws::OP_TEXT, reply.as_bytes());
+                    text(&mut c.out, reply.as_bytes());
                 }
                 self.mark(idx);
             }
@@ -351,9 +367,10 @@ impl Server {
                 m.extend_from_slice(body);
                 m.push(b'}');
                 let mut f = Vec::with_capacity(m.len() + 4);
-                frame(&mut f, ws::OP_TEXT, &m);
+                text(&mut f, &m);
                 let members = std::mem::take(&mut self.rooms[ri].members);
-                for &mi in &members {
+                let dropped = self.opts.drop_every.is_some_and(|n| seq.is_multiple_of(n));
+                for &mi in members.iter().filter(|_| !dropped) {
                     if let Some(c) = self.conns.get_mut(mi) {
                         c.out.extend_from_slice(&f);
                     }
@@ -364,7 +381,7 @@ impl Server {
                 let ack =
                     format!(r#"{{"type":"ack"{id_s},"room":"{name}","seq":{seq},"ts":{ts}}}"#);
                 if let Some(c) = self.conns.get_mut(idx) {
-                    frame(&mut c.out, ws::OP_TEXT, ack.as_bytes());
+                    text(&mut c.out, ack.as_bytes());
                 }
                 self.mark(idx);
                 self.msg = m;
@@ -372,7 +389,7 @@ impl Server {
             b"ping" => {
                 let reply = format!(r#"{{"type":"pong"{id_s}}}"#);
                 if let Some(c) = self.conns.get_mut(idx) {
-                    frame(&mut c.out, ws::OP_TEXT, reply.as_bytes());
+                    text(&mut c.out, reply.as_bytes());
                 }
                 self.mark(idx);
             }
@@ -380,7 +397,7 @@ impl Server {
                 let reply =
                     format!(r#"{{"type":"error"{id_s},"code":"unknown_type","message":"mock"}}"#);
                 if let Some(c) = self.conns.get_mut(idx) {
-                    frame(&mut c.out, ws::OP_TEXT, reply.as_bytes());
+                    text(&mut c.out, reply.as_bytes());
                 }
                 self.mark(idx);
             }
@@ -457,6 +474,7 @@ pub fn serve(
         scratch: Vec::new(),
         msg: Vec::new(),
         next_session: 0,
+        upgrades: 0,
     };
     let mut events = Events::with_capacity(1024);
     let mut last_flush = Instant::now();

@@ -358,7 +358,6 @@ pub fn table_text(dirs: &[PathBuf], markdown: bool) -> anyhow::Result<String> {
                     "p50 ms",
                     "p99 ms",
                     "max ms",
-                    "failures",
                 ],
                 Box::new(|s: &Value| {
                     let f = &s["figures"];
@@ -368,7 +367,6 @@ pub fn table_text(dirs: &[PathBuf], markdown: bool) -> anyhow::Result<String> {
                         f2(num(&f["connect"]["handshake_ms"]["p50"])),
                         f2(num(&f["connect"]["handshake_ms"]["p99"])),
                         f2(num(&f["connect"]["handshake_ms"]["max"])),
-                        f["connect"]["failures"].to_string(),
                     ]
                 }),
             ),
@@ -430,6 +428,7 @@ pub fn table_text(dirs: &[PathBuf], markdown: bool) -> anyhow::Result<String> {
             first["params"]
         );
         let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+        lines[0].push("failed conns".into());
         for (label, s) in rows {
             let mut row = vec![format!(
                 "{label}{}",
@@ -440,6 +439,7 @@ pub fn table_text(dirs: &[PathBuf], markdown: bool) -> anyhow::Result<String> {
                 }
             )];
             row.extend(f(s));
+            row.push(failed_cell(s));
             lines.push(row);
         }
         if markdown {
@@ -472,6 +472,23 @@ pub fn table_text(dirs: &[PathBuf], markdown: bool) -> anyhow::Result<String> {
         out.push('\n');
     }
     Ok(out)
+}
+
+/// The connections of a run that could not be set up, by cause (`800 (http 429: 800)`).
+fn failed_cell(s: &Value) -> String {
+    let c = &s["figures"]["connect"];
+    let failed = c["failed"].as_u64().unwrap_or(0);
+    // summaries from before `failed_by_cause` have the raw reasons only
+    let by = c["failed_by_cause"]
+        .as_object()
+        .or(c["failures"].as_object())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::scenarios::fmt_failures(failed, &by)
 }
 
 /// One curve: label and (nines, ms) points.
@@ -707,10 +724,26 @@ mod tests {
         );
         write_run(&a, 100, 1_000_000.0);
         write_run(&b, 50, 2_500_000.0);
+        // b lost 800 of its connections to the server's per-IP cap
+        let path = b.join("summary.json");
+        let mut sb: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        sb["figures"]["connect"] = serde_json::json!({
+            "ready": 200, "failed": 800,
+            "failed_by_cause": {"http 429": 790, "timeout": 10},
+        });
+        std::fs::write(&path, sb.to_string()).unwrap();
         let t = table_text(&[a, b], true).unwrap();
         assert!(t.contains("### fanout"), "{t}");
+        assert!(t.contains(" | failed conns |\n"), "{t}");
         assert!(t.contains("| uws | 1.00M |"), "{t}");
         assert!(t.contains("| corechat | 2.50M |"), "{t}");
+        let uws = t.lines().find(|l| l.starts_with("| uws ")).unwrap();
+        assert!(uws.ends_with(" | 0 |"), "{uws}");
+        let cc = t.lines().find(|l| l.starts_with("| corechat ")).unwrap();
+        assert!(
+            cc.ends_with(" | 800 (http 429: 790, timeout: 10) |"),
+            "{cc}"
+        );
         let _ = std::fs::remove_dir_all(&base);
     }
 

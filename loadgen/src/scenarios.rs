@@ -9,6 +9,7 @@ use crate::stats::{hgrm, round3, Hist, Pcts};
 use crate::sys;
 use anyhow::Context;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -271,10 +272,13 @@ pub fn build_config(spec: &Spec, c: &Common) -> anyhow::Result<Config> {
     })
 }
 
-fn connect_json(c: &ConnectSummary) -> Value {
+fn connect_json(c: &ConnectSummary, conns: usize, max_failed_pct: f64) -> Value {
     json!({
         "ready": c.ready,
         "failed": c.failed,
+        "failed_pct": failed_pct(c.failed, conns),
+        "max_failed_pct": max_failed_pct,
+        "failed_by_cause": c.failures_by_cause(),
         "failures": c.failures,
         "secs": round3(c.secs),
         "conn_per_sec": c.rate().round(),
@@ -323,8 +327,21 @@ fn window_json(w: &WindowResult, kind_latency: &str) -> Value {
     v
 }
 
-fn run_json(f: &FinalReport, cpu: &[u64], secs: f64) -> Value {
-    json!({
+fn failed_pct(failed: u64, conns: usize) -> f64 {
+    (failed as f64 * 100.0 / conns.max(1) as f64 * 1000.0).round() / 1000.0
+}
+
+/// `800 (http 429: 800)`, or `0`.
+pub fn fmt_failures(failed: u64, by_cause: &BTreeMap<String, u64>) -> String {
+    if failed == 0 {
+        return "0".into();
+    }
+    let causes: Vec<String> = by_cause.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!("{failed} ({})", causes.join(", "))
+}
+
+fn run_json(f: &FinalReport, cpu: &[u64], secs: f64, traffic: bool) -> Value {
+    let mut v = json!({
         "deliveries": f.deliveries,
         "published": f.published,
         "acks": f.acks,
@@ -338,7 +355,16 @@ fn run_json(f: &FinalReport, cpu: &[u64], secs: f64) -> Value {
         "other_frames": f.other_frames,
         "thread_cpu_secs": cpu.iter().map(|c| round3(*c as f64 / 1e9)).collect::<Vec<_>>(),
         "thread_cpu_pct_whole_run": cpu.iter().map(|c| ((*c as f64 / 1e9 / secs.max(1e-9)) * 1000.0).round() / 10.0).collect::<Vec<_>>(),
-    })
+    });
+    if traffic {
+        let m = v.as_object_mut().expect("object");
+        m.insert("expected_deliveries".into(), json!(f.expected_deliveries));
+        m.insert(
+            "lost_deliveries".into(),
+            json!(f.expected_deliveries.saturating_sub(f.deliveries)),
+        );
+    }
+    v
 }
 
 /// Everything a scenario produced.
@@ -347,6 +373,8 @@ pub struct Outcome {
     pub hists: Vec<(String, Hist)>,
     pub interval_log: Option<(String, Vec<u8>)>,
     pub text: String,
+    /// Why the run failed although it produced figures (too many connections failed).
+    pub failed: Option<String>,
 }
 
 fn shell_quote(a: &str) -> String {
@@ -449,6 +477,31 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
     let mut saturated = false;
     let mut primary = "handshake".to_string();
     use std::fmt::Write as _;
+    let mut failed = None;
+    if let Some(cs) = &d.connect {
+        if cs.failed > 0 {
+            let pct = failed_pct(cs.failed, spec.conns);
+            let _ = writeln!(
+                text,
+                "connection failures: {} of {} ({pct}%): {}",
+                fmt_failures(cs.failed, &cs.failures_by_cause()),
+                spec.conns,
+                cs.failures
+                    .iter()
+                    .map(|(k, v)| format!("{k} x{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if pct > c.max_failed_pct {
+                let why = format!(
+                    "{} of {} connections failed ({pct}%, more than --max-failed-pct {}%): the figures are not those of {} connections",
+                    cs.failed, spec.conns, c.max_failed_pct, spec.conns
+                );
+                let _ = writeln!(text, "FAILED: {why}");
+                failed = Some(why);
+            }
+        }
+    }
 
     match spec.kind {
         Kind::Fanout | Kind::Rooms | Kind::Bigroom | Kind::Rtt => {
@@ -690,7 +743,10 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
     }
 
     let cs = d.connect.take().expect("connect summary");
-    figures.insert("connect".into(), connect_json(&cs));
+    figures.insert(
+        "connect".into(),
+        connect_json(&cs, spec.conns, c.max_failed_pct),
+    );
     if matches!(spec.kind, Kind::Connect | Kind::Idle) {
         let util: Vec<f64> = cs
             .thread_cpu_secs
@@ -720,7 +776,7 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
             p.p50,
             p.p99,
             p.max,
-            if cs.failed > 0 { format!("; {} failed {:?}", cs.failed, cs.failures) } else { String::new() }
+            if cs.failed > 0 { format!("; {} failed", cs.failed) } else { String::new() }
         );
     }
     hists.push(("handshake".into(), cs.hs_total.clone()));
@@ -753,6 +809,17 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
                 text,
                 "warning: room messages out of sequence: {} gaps ({} missing), {} dups",
                 fin.seq_other.gaps, fin.seq_other.missing, fin.seq_other.dups
+            );
+        }
+    }
+    if matches!(spec.mode(), Mode::Traffic { .. }) {
+        let lost = fin.expected_deliveries.saturating_sub(fin.deliveries);
+        let o = fin.seq_other;
+        if lost > 0 || o.gaps > 0 || o.dups > 0 {
+            let _ = writeln!(
+                text,
+                "whole run: {lost} of {} expected deliveries missing; outside the windows seq gaps {} (missing {}), dups {}",
+                fin.expected_deliveries, o.gaps, o.missing, o.dups
             );
         }
     }
@@ -800,8 +867,9 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
         "params": spec.params_json(),
         "threads": d.cfg.threads,
         "figures": Value::Object(figures),
-        "run": run_json(&fin, &cpu, total_secs),
+        "run": run_json(&fin, &cpu, total_secs, matches!(spec.mode(), Mode::Traffic { .. })),
         "loadgen_saturated": saturated,
+        "failed": failed,
         "primary_histogram": primary,
         "histograms": hists.iter().map(|(n, _)| format!("{n}.hgrm")).collect::<Vec<_>>(),
         "interval_log": interval_log.as_ref().map(|(n, _)| n.clone()),
@@ -820,6 +888,7 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
         hists,
         interval_log,
         text,
+        failed,
     })
 }
 

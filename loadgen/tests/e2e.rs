@@ -21,13 +21,17 @@ struct Mock {
 
 impl Mock {
     fn start(secret: &str) -> Mock {
+        Mock::with(secret, |_| {})
+    }
+    /// A mock with JWT auth and options set by `f` (dropping, refusing).
+    fn with(secret: &str, f: impl FnOnce(&mut MockOpts)) -> Mock {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
-        let opts = MockOpts {
-            listen: "127.0.0.1:0".parse().unwrap(),
+        let mut opts = MockOpts {
             secret: Some(secret.to_string()),
-            flush_ms: 1,
+            ..MockOpts::new("127.0.0.1:0".parse().unwrap())
         };
+        f(&mut opts);
         let s = stop.clone();
         let handle = std::thread::spawn(move || serve(opts, s, Some(tx)).unwrap());
         let addr = rx.recv().unwrap();
@@ -51,6 +55,18 @@ impl Drop for Mock {
     }
 }
 
+/// `loadgen <scenario> --url <url> --jwt-secret <secret> <extra>`, run in process.
+fn run_at(
+    scenario: &str,
+    url: &str,
+    secret: &str,
+    extra: &[&str],
+) -> anyhow::Result<scenarios::Outcome> {
+    let mut v = vec![scenario, "--url", url, "--jwt-secret", secret];
+    v.extend_from_slice(extra);
+    run(&v)
+}
+
 fn run(args: &[&str]) -> anyhow::Result<scenarios::Outcome> {
     let mut v = vec!["loadgen"];
     v.extend_from_slice(args);
@@ -64,33 +80,47 @@ fn run(args: &[&str]) -> anyhow::Result<scenarios::Outcome> {
 fn fanout_against_mock_has_no_loss_and_writes_outputs() {
     let m = Mock::start("s3cret");
     let url = m.url();
-    let o = run(&[
+    let o = run_at(
         "fanout",
-        "--url",
         &url,
-        "--jwt-secret",
         "s3cret",
-        "--conns",
-        "200",
-        "--rooms",
-        "4",
-        "--rate",
-        "200",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.3",
-        "--threads",
-        "2",
-    ])
+        &[
+            "--conns",
+            "200",
+            "--rooms",
+            "4",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "--threads",
+            "2",
+        ],
+    )
     .unwrap();
     let f = &o.summary["figures"];
     assert_eq!(f["connect"]["ready"], 200, "{}", o.summary);
+    assert_eq!(f["connect"]["failed"], 0, "{}", o.summary);
+    // 4 rooms of 50 members: every publish is owed to 50 connections, and the mock loses none
+    let published = f["published"].as_u64().unwrap();
     let expected = f["expected"].as_u64().unwrap();
     let received = f["received"].as_u64().unwrap();
-    // 200 msg/s over 4 rooms of 50 members for ~1 s
-    assert!(expected > 5_000, "expected {expected}");
+    assert!(published > 0, "{}", o.summary);
+    assert_eq!(expected, published * 50, "{}", o.summary);
     assert_eq!(received, expected, "{}", o.summary);
+    // the whole run (warm-up included) too
+    let r = &o.summary["run"];
+    let run_published = r["published"].as_u64().unwrap();
+    assert!(run_published >= published);
+    assert_eq!(
+        r["expected_deliveries"].as_u64().unwrap(),
+        run_published * 50
+    );
+    assert_eq!(r["deliveries"].as_u64().unwrap(), run_published * 50, "{r}");
+    assert_eq!(r["lost_deliveries"], 0, "{r}");
+    assert_eq!(r["seq_outside_windows"]["gaps"], 0, "{r}");
     assert_eq!(f["loss_pct"], 0.0);
     assert_eq!(f["seq_gaps"], 0);
     assert_eq!(f["seq_dups"], 0);
@@ -125,57 +155,156 @@ fn fanout_against_mock_has_no_loss_and_writes_outputs() {
 fn rtt_and_connect_against_mock() {
     let m = Mock::start("k");
     let url = m.url();
-    let o = run(&[
-        "rtt",
-        "--url",
-        &url,
-        "--jwt-secret",
-        "k",
-        "--duration",
-        "0.5",
-        "--warmup",
-        "0.1",
-    ])
-    .unwrap();
+    let o = run_at("rtt", &url, "k", &["--duration", "0.5", "--warmup", "0.1"]).unwrap();
     let f = &o.summary["figures"];
-    let got = f["received"].as_u64().unwrap();
-    assert!(got >= 400, "{}", o.summary);
-    assert_eq!(f["expected"].as_u64().unwrap(), got);
+    // every ping of the window answered, once
+    let pings = f["published"].as_u64().unwrap();
+    assert!(pings > 0, "{}", o.summary);
+    assert_eq!(f["expected"].as_u64().unwrap(), pings, "{}", o.summary);
+    assert_eq!(f["received"].as_u64().unwrap(), pings, "{}", o.summary);
     assert!(f["rtt_ms"]["p50"].as_f64().unwrap() > 0.0);
 
-    let o = run(&[
-        "connect",
-        "--url",
-        &url,
-        "--jwt-secret",
-        "k",
-        "--conns",
-        "300",
-        "--rooms",
-        "30",
-    ])
-    .unwrap();
+    let o = run_at("connect", &url, "k", &["--conns", "300", "--rooms", "30"]).unwrap();
     let f = &o.summary["figures"];
     assert_eq!(f["connect"]["ready"], 300);
+    assert_eq!(f["connect"]["failed"], 0);
+    assert!(o.failed.is_none());
     assert!(f["handshakes_per_sec"].as_f64().unwrap() > 0.0);
     assert!(f["handshake_p99_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn fanout_counts_every_dropped_delivery_and_gap() {
+    // The mock fans out no copy of every 7th message of the room: each of the 20 members loses
+    // it, and sees a seq gap when the next message arrives.
+    const N: u64 = 7;
+    const M: u64 = 20;
+    let m = Mock::with("d", |o| o.drop_every = Some(N));
+    let url = m.url();
+    let o = run_at(
+        "fanout",
+        &url,
+        "d",
+        &[
+            "--conns",
+            "20",
+            "--rooms",
+            "1",
+            "--rate",
+            "300",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--drain",
+            "0.3",
+            "--threads",
+            "2",
+        ],
+    )
+    .unwrap();
+    let f = &o.summary["figures"];
+    let r = &o.summary["run"];
+    assert_eq!(f["connect"]["ready"], M, "{}", o.summary);
+    // one room, one publisher: the room's seqs are 1..=P, and seq s is dropped iff N divides s
+    let p = r["published"].as_u64().unwrap();
+    assert!(p > 2 * N, "too few publishes to drop any: {r}");
+    assert_eq!(r["expected_deliveries"].as_u64().unwrap(), p * M, "{r}");
+    assert_eq!(r["lost_deliveries"].as_u64().unwrap(), (p / N) * M, "{r}");
+    assert_eq!(r["deliveries"].as_u64().unwrap(), (p - p / N) * M, "{r}");
+    // a drop shows as a gap once a later seq arrives: every dropped seq but a last one (P)
+    let gaps = f["seq_gaps"].as_u64().unwrap() + r["seq_outside_windows"]["gaps"].as_u64().unwrap();
+    let missing =
+        f["seq_missing"].as_u64().unwrap() + r["seq_outside_windows"]["missing"].as_u64().unwrap();
+    assert_eq!(gaps, ((p - 1) / N) * M, "{}", o.summary);
+    assert_eq!(missing, gaps, "{}", o.summary);
+    assert_eq!(f["seq_dups"], 0);
+    assert_eq!(r["seq_outside_windows"]["dups"], 0);
+    // the measurement window lost whole messages (all M copies), and says so
+    let (expected, received) = (
+        f["expected"].as_u64().unwrap(),
+        f["received"].as_u64().unwrap(),
+    );
+    let lost = expected - received;
+    assert!(lost > 0 && lost % M == 0, "{}", o.summary);
+    assert!(f["loss_pct"].as_f64().unwrap() > 0.0);
+    assert!(
+        o.text.contains(&format!(
+            "({lost} of {expected} expected deliveries missing)"
+        )),
+        "{}",
+        o.text
+    );
+    assert!(
+        o.text
+            .contains(&format!("whole run: {} of {} expected", (p / N) * M, p * M)),
+        "{}",
+        o.text
+    );
+}
+
+#[test]
+fn refused_connections_are_counted_and_fail_the_run() {
+    // Every 4th upgrade gets HTTP 429: 10 of each 40 connections fail (25%).
+    let m = Mock::with("r", |o| o.refuse_every = Some(4));
+    let url = m.url();
+    let args = ["--conns", "40", "--rooms", "4"];
+    let o = run_at("connect", &url, "r", &args).unwrap();
+    let c = &o.summary["figures"]["connect"];
+    assert_eq!(c["ready"], 30, "{}", o.summary);
+    assert_eq!(c["failed"], 10, "{}", o.summary);
+    assert_eq!(c["failed_pct"], 25.0);
+    assert_eq!(c["failed_by_cause"], serde_json::json!({"http 429": 10}));
+    assert!(
+        o.text
+            .contains("connection failures: 10 (http 429: 10) of 40 (25%)"),
+        "{}",
+        o.text
+    );
+    let why = o.failed.as_deref().expect("more than 1% failed");
+    assert!(why.contains("10 of 40 connections failed"), "{why}");
+    assert_eq!(o.summary["failed"], why);
+
+    // Within a looser threshold the run passes, still counting the failures.
+    let mut loose = args.to_vec();
+    loose.extend(["--max-failed-pct", "25"]);
+    let o = run_at("connect", &url, "r", &loose).unwrap();
+    assert_eq!(o.summary["figures"]["connect"]["failed"], 10);
+    assert!(o.failed.is_none(), "{:?}", o.failed);
+
+    // The binary exits non-zero, after printing and writing the figures.
+    let dir = std::env::temp_dir().join(format!("loadgen-e2e-refused-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["connect", "--url", &url, "--jwt-secret", "r"])
+        .args(args)
+        .args(["--no-progress", "--no-pin", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("run loadgen");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("connection failures: 10 (http 429: 10)"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("10 of 40 connections failed"), "{stderr}");
+    let t = loadgen::report::table_text(std::slice::from_ref(&dir), false).unwrap();
+    assert!(t.contains("failed conns"), "{t}");
+    assert!(t.contains("10 (http 429: 10)"), "{t}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn bad_secret_is_refused_with_401() {
     let m = Mock::start("right");
     let url = m.url();
-    let err = run(&[
-        "connect",
-        "--url",
-        &url,
-        "--jwt-secret",
-        "wrong",
-        "--conns",
-        "5",
-    ])
-    .err()
-    .expect("must fail");
+    let err = run_at("connect", &url, "wrong", &["--conns", "5"])
+        .err()
+        .expect("must fail");
     assert!(format!("{err:#}").contains("http 401"), "{err:#}");
 }
 
@@ -298,23 +427,23 @@ fn acks_against_corechat_sqlite() {
         ],
     );
     let url = srv.url();
-    let o = run(&[
+    let o = run_at(
         "acks",
-        "--url",
         &url,
-        "--jwt-secret",
         "acks-secret",
-        "--server-pid",
-        &srv.child.id().to_string(),
-        "--duration",
-        "2",
-        "--warmup",
-        "0.5",
-        "--conns",
-        "4",
-        "--rooms",
-        "2",
-    ])
+        &[
+            "--server-pid",
+            &srv.child.id().to_string(),
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--conns",
+            "4",
+            "--rooms",
+            "2",
+        ],
+    )
     .unwrap();
     let f = &o.summary["figures"];
     assert_eq!(o.summary["scenario"], "acks");
