@@ -370,8 +370,11 @@ struct Opt<T> {
     file_key: Option<&'static str>,
     secret: bool,
     map: fn(T) -> T,
-    check: Option<fn(&T) -> Result<(), String>>,
+    check: Option<Check<T>>,
 }
+
+/// Validates an option's final value; the error is the reason, without the option.
+type Check<T> = fn(&T) -> Result<(), String>;
 
 fn same<T>(v: T) -> T {
     v
@@ -418,7 +421,7 @@ impl<T: OptValue> Opt<T> {
         self
     }
 
-    fn check(mut self, f: fn(&T) -> Result<(), String>) -> Self {
+    fn check(mut self, f: Check<T>) -> Self {
         self.check = Some(f);
         self
     }
@@ -503,7 +506,8 @@ impl fmt::Debug for Config {
     }
 }
 
-// Checks of single options.
+// Checks of single options. Each takes `&T` for the option's exact type
+// `T` (a `Check<T>`), hence `&PathBuf` and `&String`.
 
 fn shard_count(n: &usize) -> Result<(), String> {
     if (1..=MAX_SHARDS).contains(n) {
@@ -513,6 +517,7 @@ fn shard_count(n: &usize) -> Result<(), String> {
     }
 }
 
+#[allow(clippy::ptr_arg)]
 fn non_empty_path(p: &PathBuf) -> Result<(), String> {
     if p.as_os_str().is_empty() {
         return Err("must not be empty".into());
@@ -527,6 +532,7 @@ fn non_empty_secret(s: &Option<String>) -> Result<(), String> {
     Ok(())
 }
 
+#[allow(clippy::ptr_arg)]
 fn non_blank(s: &String) -> Result<(), String> {
     if s.trim().is_empty() {
         return Err("must not be empty".into());
@@ -541,6 +547,7 @@ fn readable_file(p: &Option<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
+#[allow(clippy::ptr_arg)]
 fn node_id(id: &String) -> Result<(), String> {
     if valid_node_id(id) {
         Ok(())
@@ -549,6 +556,7 @@ fn node_id(id: &String) -> Result<(), String> {
     }
 }
 
+#[allow(clippy::ptr_arg)]
 fn origins(origins: &Vec<String>) -> Result<(), String> {
     for origin in origins {
         // Browsers send `scheme://host[:port]`, never a path or trailing slash.
