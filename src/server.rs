@@ -38,7 +38,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::AuthError),
-    #[error("store: {0}")]
+    /// StoreError's own text already names the store.
+    #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("cannot read the public key {path}: {source}")]
     PublicKey {

@@ -498,3 +498,88 @@ fn echo_mode_echoes_text_and_binary() {
         }
     }
 }
+
+/// Without a configured secret, guest tokens survive a restart: the
+/// development secret is kept in `<data_dir>/jwt-secret`.
+#[test]
+fn guest_token_survives_a_restart_without_a_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let args = |dir: &std::path::Path| -> Vec<String> {
+        ["serve", "--listen", "127.0.0.1:0", "--no-pin", "--data-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([dir.to_str().unwrap().to_string()])
+            .collect()
+    };
+    let token = {
+        let srv = Server::spawn(args(&dir));
+        let (status, body) = srv.http("POST", "/api/guest", &[], r#"{"name":"Ann"}"#);
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    };
+    let path = dir.join("jwt-secret");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let srv = Server::spawn(args(&dir));
+    let bearer = format!("Bearer {token}");
+    let (status, body) = srv.http(
+        "GET",
+        "/api/rooms/x/history",
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(
+        status, 200,
+        "the second run accepts the first run's token: {body}"
+    );
+    let mut c = Client::connect(&srv.ws_url(&token));
+    assert_eq!(c.recv_json()["type"], "welcome");
+    drop(srv);
+
+    // Another data directory means another secret.
+    let other = Server::spawn(args(&tmp.path().join("other")));
+    let (status, _) = other.http(
+        "GET",
+        "/api/rooms/x/history",
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn bad_option_values_are_one_line_saying_what_was_expected() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_corechat"))
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        err
+    };
+    assert_eq!(
+        run(&["serve", "--shards", "four"], &[]),
+        "corechat: invalid --shards: expected a whole number, got \"four\"\n"
+    );
+    assert_eq!(
+        run(&["serve"], &[("CORECHAT_LOG_FORMAT", "xml")]),
+        "corechat: invalid --log-format: expected text or json, got \"xml\"\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("corechat.toml");
+    std::fs::write(&file, "burst = 1\nmax_rooms_per_conn = \"many\"\n").unwrap();
+    let err = run(&["serve", "--config", file.to_str().unwrap()], &[]);
+    assert!(
+        err.ends_with(
+            "line 2: max_rooms_per_conn: expected a whole number, got the text \"many\"\n"
+        ),
+        "{err}"
+    );
+}
