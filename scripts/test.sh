@@ -8,6 +8,9 @@ root=$(pwd)
 
 log() { printf '\n== %s\n' "$*"; }
 
+log "documentation links (scripts/check-docs.sh)"
+scripts/check-docs.sh
+
 apt_updated=0
 apt_install() {
   if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
