@@ -125,8 +125,8 @@ mod tests {
             if name == "README.md" {
                 continue;
             }
-            let served = asset(&format!("/{name}"))
-                .unwrap_or_else(|| panic!("web/{name} is not served"));
+            let served =
+                asset(&format!("/{name}")).unwrap_or_else(|| panic!("web/{name} is not served"));
             assert!(
                 served.body == std::fs::read(&path).unwrap().as_slice(),
                 "/{name} differs from web/{name}"

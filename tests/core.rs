@@ -218,14 +218,19 @@ fn origin_and_per_ip_caps() {
 fn per_ip_cap_frees_a_slot_when_a_connection_closes() {
     let srv = Server::start(&["--max-conns-per-ip", "2"]);
     let url = srv.ws_url(&token("ivy"));
-    let status_of = |r: Result<(tungstenite::WebSocket<TcpStream>, u16), tungstenite::Error>| match r {
-        Ok(_) => 101,
-        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
-        Err(e) => panic!("{e}"),
-    };
+    let status_of =
+        |r: Result<(tungstenite::WebSocket<TcpStream>, u16), tungstenite::Error>| match r {
+            Ok(_) => 101,
+            Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("{e}"),
+        };
     let first = srv.client("ivy");
     let _second = srv.client("ivy");
-    assert_eq!(status_of(Client::try_connect(&url)), 429, "a third is over the cap");
+    assert_eq!(
+        status_of(Client::try_connect(&url)),
+        429,
+        "a third is over the cap"
+    );
     first.close();
     // The close takes a moment to reach the server: retry for a while, and
     // only a 429 may come before the success.
@@ -294,7 +299,11 @@ fn web_assets_served_are_the_files_in_web() {
 fn http_bytes(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
     let split = resp
@@ -316,7 +325,11 @@ fn http_bytes(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
                 .then(|| v.trim().parse().ok())?
         })
         .expect("content-length");
-    assert_eq!(body.len(), len, "GET {path}: body length and content-length");
+    assert_eq!(
+        body.len(),
+        len,
+        "GET {path}: body length and content-length"
+    );
     (status, head, body)
 }
 
