@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the BENCHMARKS.md scenarios against the peer servers (../shared/peers) and corechat in
+# Run the BENCHMARKS.md scenarios against the peer servers (bench/peers) and corechat in
 # one run, and write a side-by-side markdown table to bench-results/peers-<date>.md.
 #
 # Usage: scripts/bench-peers.sh [SCENARIO...]   SCENARIO: s1 ramp s2 s3 s4 s5 s6 (default: all)
@@ -10,7 +10,7 @@
 #
 # Environment:
 #   PEERS="corechat node-ws uws rust-axum rust-axum-smallbuf socketio"   servers to run
-#   PEERS_SRC=../shared/peers     where the peers' sources are (read-only is fine)
+#   PEERS_SRC=bench/peers         where the peers' sources are (read-only is fine)
 #   PEERS_WORK=/tmp/corechat-peers   work copy (reused if already set up; REFRESH=1 recopies)
 #   QUICK=1                       short durations
 #   SOURCE_IPS=127.0.0.2-127.0.0.250  loopback source addresses for the load generator
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 PEERS=${PEERS:-corechat node-ws uws rust-axum rust-axum-smallbuf socketio}
-PEERS_SRC=${PEERS_SRC:-$ROOT/../shared/peers}
+PEERS_SRC=${PEERS_SRC:-$ROOT/bench/peers}
 WORK=${PEERS_WORK:-/tmp/corechat-peers}
 QUICK=${QUICK:-0}
 SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.250}

@@ -5,7 +5,8 @@
 #   e2e.test.mjs     the page in Chromium (playwright-core) against the real server
 # Installs what is missing: Debian's chromium, and the npm packages (npm ci).
 # CORECHAT_BIN overrides the server binary (default: target/debug/corechat,
-# built here with cargo build). WEB_TESTS="unit server" runs a subset.
+# built here with cargo build). WEB_TESTS="unit server" runs a subset (not
+# under CI=true, which always runs them all).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -32,7 +33,9 @@ fi
 if [ -z "${CORECHAT_BIN:-}" ]; then
   log "cargo build"
   cargo build --quiet --bin corechat
-  export CORECHAT_BIN="$ROOT/target/debug/corechat"
+  target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+  case "$target_dir" in /*) ;; *) target_dir=$ROOT/$target_dir ;; esac
+  export CORECHAT_BIN="$target_dir/debug/corechat"
 fi
 
 cd tests/web
@@ -44,6 +47,7 @@ fi
 
 mkdir -p "$ROOT/target/e2e"
 files=()
+[ "${CI:-}" = true ] && unset WEB_TESTS
 for t in ${WEB_TESTS:-unit server e2e}; do files+=("$t.test.mjs"); done
 
 log "node --test ${files[*]}"

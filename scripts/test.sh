@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need when it is missing, then
 # runs formatting and lint checks, every Rust test, the Autobahn conformance
-# cases against `corechat echo`, and the web client's tests.
+# cases against `corechat echo`, and the web client's tests (always; WEB_TESTS
+# may narrow a developer's run, e.g. WEB_TESTS="unit", but not under CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 log() { printf '\n== %s\n' "$*"; }
+
+log "documentation links (scripts/check-docs.sh)"
+scripts/check-docs.sh
 
 apt_updated=0
 apt_install() {
@@ -16,9 +20,12 @@ apt_install() {
 
 log "installing test dependencies (only what is missing)"
 command -v redis-server >/dev/null || apt_install redis-server
-if [ ! -x .venv/bin/kosoku ]; then
-  python3 -m venv .venv
-  .venv/bin/pip install -q kosoku
+# Pinned: the number of cases it runs (and so AUTOBAHN_CASES) is the version's.
+KOSOKU_VERSION=0.1.0
+AUTOBAHN_CASES=301
+if [ ! -x .venv/bin/kosoku ] || ! .venv/bin/pip show kosoku 2>/dev/null | grep -qx "Version: $KOSOKU_VERSION"; then
+  [ -x .venv/bin/pip ] || python3 -m venv .venv
+  .venv/bin/pip install -q "kosoku==$KOSOKU_VERSION"
 fi
 
 log "cargo fmt --check"
@@ -31,13 +38,15 @@ log "cargo test"
 # loadgen's end-to-end tests drive the real server: hand them the binary the
 # workspace build makes, so they do not run a nested cargo build themselves.
 cargo build --bin corechat
-export CORECHAT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/corechat"
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+case "$target_dir" in /*) ;; *) target_dir=$root/$target_dir ;; esac
+export CORECHAT_BIN="$target_dir/debug/corechat"
 cargo test --workspace
 
-log "Autobahn (kosoku) against corechat echo, sections 1-10"
-cargo build --bin corechat
+log "Autobahn (kosoku $KOSOKU_VERSION) against corechat echo, sections 1-10"
 out=$(mktemp -d)
-target/debug/corechat echo --listen 127.0.0.1:0 --shards 2 --no-pin > "$out/echo.out" 2>&1 &
+# The same binary the other tests ran.
+"$CORECHAT_BIN" echo --listen 127.0.0.1:0 --shards 2 --no-pin > "$out/echo.out" 2>&1 &
 echo_pid=$!
 trap 'kill "$echo_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do
@@ -46,13 +55,21 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 [ -n "$addr" ] || { echo "echo server did not start"; cat "$out/echo.out"; exit 1; }
-.venv/bin/kosoku -m fuzzingclient "$addr" -x '12.*' -x '13.*' -p 4 -o "$out/autobahn" | tail -3
+status=0
+.venv/bin/kosoku -m fuzzingclient "$addr" -x '12.*' -x '13.*' -p 4 -o "$out/autobahn" \
+  >"$out/kosoku.out" 2>&1 || status=$?
 kill "$echo_pid" 2>/dev/null || true
 trap - EXIT
-
-if [ -x scripts/test-web.sh ]; then
-  log "web client tests (Node + headless Chromium)"
-  scripts/test-web.sh
+tail -3 "$out/kosoku.out"
+if [ "$status" != 0 ] || ! grep -qx "$AUTOBAHN_CASES cases passed" "$out/kosoku.out"; then
+  echo "Autobahn: expected '$AUTOBAHN_CASES cases passed' (kosoku exit $status); full output: $out/kosoku.out" >&2
+  exit 1
 fi
+
+log "web client tests (Node + headless Chromium)"
+if [ "${CI:-}" = true ]; then
+  unset WEB_TESTS # CI runs every web test
+fi
+scripts/test-web.sh
 
 log "all tests passed"

@@ -270,6 +270,36 @@ fn resume_reports_not_recovered_when_history_was_dropped() {
     assert_eq!(next_message(&mut m3, "short")["seq"], 22);
 }
 
+/// PROTOCOL.md 5.2: a `since` above the room's latest seq can only come
+/// from an older epoch, so the server treats it as 0: the whole history is
+/// replayed, with `recovered: false`.
+#[test]
+#[ignore = "server bug: join with since > the room's latest seq answers recovered:true and \
+            replays nothing (chat.rs home_join: `since >= room.committed` counts it as \
+            recovered); PROTOCOL.md 5.2 says treat it as 0: replay all, recovered:false"]
+fn since_beyond_the_latest_seq_replays_everything() {
+    for store in ["memory", "sqlite"] {
+        let dir = tempdir();
+        let d = dir.path().to_str().unwrap().to_string();
+        let mut flags = vec!["--shards", "2", "--store", store, "--data-dir", &d];
+        flags.extend(FAST);
+        let srv = Server::start(&flags);
+        let mut p = client(&srv, "p");
+        join_with(&mut p, "renumbered", None);
+        let (acks, _) = publish_n(&mut p, "renumbered", "p", 3, None);
+        assert_eq!(acks, vec![1, 2, 3]);
+        let mut m = client(&srv, "m");
+        let j = join_with(&mut m, "renumbered", Some(50));
+        assert_eq!(j["seq"], 3, "{store}: {j}");
+        assert_eq!(j["recovered"], false, "{store}: {j}");
+        assert_eq!(
+            seqs(&messages(&mut m, "renumbered", 3)),
+            vec![1, 2, 3],
+            "{store}: the new epoch's history is replayed"
+        );
+    }
+}
+
 // ----------------------------------------------------------------------
 // DMs
 
@@ -932,17 +962,57 @@ fn persistent_rate_abuse_closes_1008() {
     let srv = Server::start(&["--shards", "2", "--rate-per-sec", "2", "--burst", "2"]);
     let mut c = client(&srv, "abuser");
     join_with(&mut c, "rl", None);
+    let abuse_before = disconnects(&srv, "abuse");
     for i in 0..200 {
         if c.ws
             .send(Message::text(
-                json!({"type": "publish", "room": "rl", "body": i}).to_string(),
+                json!({"type": "publish", "room": "rl", "body": i, "id": i}).to_string(),
             ))
             .is_err()
         {
             break;
         }
     }
-    assert_eq!(c.recv_close(), Some(1008));
+    // What arrives: acks for the burst and `rate_limited` errors (the
+    // client is told first), then close 1008, and nothing after it.
+    let mut acks = 0;
+    let mut limited = 0;
+    let code = loop {
+        match c.ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                match v["type"].as_str() {
+                    // (a token that refilled meanwhile may admit one more)
+                    Some("ack") => acks += 1,
+                    Some("error") => {
+                        assert_eq!(v["code"], "rate_limited", "{v}");
+                        assert!(v["retry_after_ms"].as_u64().is_some(), "{v}");
+                        limited += 1;
+                    }
+                    Some("message") => {}
+                    _ => panic!("unexpected frame before the close: {v}"),
+                }
+            }
+            Ok(Message::Close(Some(f))) => break u16::from(f.code),
+            Ok(Message::Close(None)) => panic!("close without a code"),
+            Ok(_) => {}
+            Err(e) => panic!("the stream ended without a close frame: {e}"),
+        }
+    };
+    assert_eq!(code, 1008, "abuse closes with 1008");
+    assert!(acks <= 5, "about the burst is admitted: {acks} acks");
+    assert!(
+        limited >= 1,
+        "the client is told rate_limited before it is closed"
+    );
+    wait_until("the abuse disconnect is counted", || {
+        disconnects(&srv, "abuse") >= abuse_before + 1.0
+    });
+    assert_eq!(
+        srv.metric_with("corechat_disconnects_total", "reason=\"abuse\""),
+        abuse_before + 1.0,
+        "corechat_disconnects_total{{reason=\"abuse\"}} counts this one close"
+    );
 }
 
 #[test]
@@ -993,6 +1063,24 @@ fn slow_client(srv: &Server, user: &str) -> Client {
 
 #[test]
 fn slow_consumer_is_closed_1013_while_fast_members_get_everything() {
+    slow_consumer_flood(Duration::from_millis(500));
+}
+
+/// The slow client reads nothing for 3 s after it was cut off (longer than
+/// the server's 2 s grace for a closing connection), then reads: the close
+/// frame with 1013 must still be there.
+#[test]
+#[ignore = "server bug: the 1013 close frame stays in the server's user-space queue while the \
+            socket is full and is dropped with the connection when the 2 s close grace \
+            (CLOSE_GRACE_MS) ends; a client that reads after that sees the stream end without \
+            a close frame"]
+fn slow_consumer_that_reads_late_still_finds_the_1013_close_frame() {
+    slow_consumer_flood(Duration::from_secs(3));
+}
+
+/// Floods a room with a member that does not read (`read_after` later it
+/// starts reading), a fast member, and a publisher.
+fn slow_consumer_flood(read_after: Duration) {
     let srv = Server::start(&[
         "--shards",
         "2",
@@ -1012,6 +1100,10 @@ fn slow_consumer_is_closed_1013_while_fast_members_get_everything() {
     let mut publisher = client(&srv, "pub");
     join_with(&mut publisher, "flood", None);
     let before = disconnects(&srv, "slow_consumer");
+    // The server's memory while it floods a reader that does not read:
+    // bounded by the outbound limit, not by what is published.
+    let rss_before = vm_rss_kib(srv.pid());
+    let mut rss_max = rss_before;
 
     let fast_seen = Arc::new(AtomicU64::new(0));
     let seen = fast_seen.clone();
@@ -1064,6 +1156,9 @@ fn slow_consumer_is_closed_1013_while_fast_members_get_everything() {
             Some("error") => panic!("{v}"),
             _ => continue,
         }
+        if acked.is_multiple_of(5) {
+            rss_max = rss_max.max(vm_rss_kib(srv.pid()));
+        }
         if stop_at.is_none()
             && acked.is_multiple_of(25)
             && disconnects(&srv, "slow_consumer") > before
@@ -1079,10 +1174,43 @@ fn slow_consumer_is_closed_1013_while_fast_members_get_everything() {
     assert_eq!(v["seq"], published + 1);
     assert_eq!(reader.join().unwrap(), published + 1);
     assert!(disconnects(&srv, "slow_consumer") > before);
-    // The slow client finally reads: its stream ends with close 1013, or
-    // with a reset if the server gave up on the closing handshake.
-    let code = slow.recv_close();
-    assert!(code.is_none() || code == Some(1013), "close code {code:?}");
+    // 64 KiB of outbound limit, 15 KB messages, a few hundred published:
+    // the server may hold the limit a few times over (frames being written,
+    // the fast member's queue, allocator slack), never the whole flood.
+    let growth_kib = rss_max.saturating_sub(rss_before);
+    let bound_kib = 4 * 65_536 / 1024 + 20 * 1024;
+    assert!(
+        growth_kib < bound_kib,
+        "server RSS grew by {growth_kib} KiB while flooding a slow consumer \
+         ({rss_before} -> {rss_max} KiB, {published} messages of 15 KB published); \
+         bound {bound_kib} KiB"
+    );
+    // The slow client has read nothing all along. It waits a while longer,
+    // then reads: everything the server handed to the kernel is there, and
+    // the stream ends with a close frame whose code is 1013, on the wire.
+    thread::sleep(read_after);
+    let mut frames = 0u64;
+    let code = loop {
+        match slow.ws.read() {
+            Ok(Message::Close(Some(f))) => break u16::from(f.code),
+            Ok(Message::Close(None)) => panic!("close frame without a code after {frames} frames"),
+            Ok(_) => frames += 1,
+            Err(e) => panic!(
+                "the slow consumer's stream ended without a close frame after {frames} frames: {e}"
+            ),
+        }
+    };
+    assert_eq!(code, 1013, "a slow consumer is closed with 1013");
+}
+
+/// The resident set size of a process, in KiB (`VmRSS` of /proc/PID/status).
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 // ----------------------------------------------------------------------
@@ -1184,6 +1312,49 @@ fn http_publish() {
     }
     let (status, _) = http_json(&srv, "GET", "/api/nope", Some(&admin), "");
     assert_eq!(status, 404);
+}
+
+#[test]
+fn http_api_refuses_expired_and_wrongly_signed_tokens_with_401() {
+    let srv = Server::start(&["--shards", "2"]);
+    let admin = admin_token("ops");
+    let (status, _) = http_json(
+        &srv,
+        "POST",
+        "/api/publish",
+        Some(&admin),
+        r#"{"room":"guarded","body":"first"}"#,
+    );
+    assert_eq!(status, 200);
+    // Admin tokens both, so only the expiry or the signature can be wrong.
+    let expired = authenticator()
+        .mint("ops", None, Some(1), None, true, now_secs() - 100)
+        .unwrap();
+    let other = corechat::auth::Authenticator::new(Some(b"not-the-server-secret"), None).unwrap();
+    let wrongly_signed = other
+        .mint("ops", None, Some(3600), None, true, now_secs())
+        .unwrap();
+    for (what, tok) in [("expired", &expired), ("wrongly signed", &wrongly_signed)] {
+        let (status, v) = http_json(
+            &srv,
+            "POST",
+            "/api/publish",
+            Some(tok),
+            r#"{"room":"guarded","body":"forged"}"#,
+        );
+        assert_eq!(status, 401, "publish with an {what} token: {v}");
+        assert!(v["error"].is_string(), "{v}");
+        let (status, v) = http_json(&srv, "GET", "/api/rooms/guarded/history", Some(tok), "");
+        assert_eq!(status, 401, "history with an {what} token: {v}");
+        assert!(v["error"].is_string(), "{v}");
+        assert!(v.get("messages").is_none(), "{v}");
+    }
+    // Nothing was published by the refused requests.
+    let (status, v) = http_json(&srv, "GET", "/api/rooms/guarded/history", Some(&admin), "");
+    assert_eq!(status, 200);
+    assert_eq!(seqs(v["messages"].as_array().unwrap()), vec![1], "{v}");
+    assert_eq!(v["messages"][0]["body"], "first");
+    assert!(srv.metric("corechat_auth_failures_total", None) >= 4.0);
 }
 
 #[test]
@@ -1429,9 +1600,30 @@ fn crash_body(i: u64) -> String {
 
 #[test]
 fn sqlite_crash_keeps_every_acked_message() {
+    crash_keeps_every_acked_message("sync");
+}
+
+/// `relaxed` skips the fsync per commit: a power cut may lose the last
+/// commits, but a process crash (the kernel keeps what was written) must
+/// not lose an acked message either.
+#[test]
+fn sqlite_relaxed_crash_keeps_every_acked_message() {
+    crash_keeps_every_acked_message("relaxed");
+}
+
+fn crash_keeps_every_acked_message(durability: &str) {
     let dir = tempdir();
     let d = dir.path().to_str().unwrap().to_string();
-    let mut flags = vec!["--shards", "2", "--store", "sqlite", "--data-dir", &d];
+    let mut flags = vec![
+        "--shards",
+        "2",
+        "--store",
+        "sqlite",
+        "--data-dir",
+        &d,
+        "--durability",
+        durability,
+    ];
     flags.extend(FAST);
     let mut args: Option<Vec<String>> = None;
     let mut acked_all: BTreeMap<u64, u64> = BTreeMap::new(); // seq -> i

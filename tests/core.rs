@@ -215,6 +215,125 @@ fn origin_and_per_ip_caps() {
 }
 
 #[test]
+fn per_ip_cap_frees_a_slot_when_a_connection_closes() {
+    let srv = Server::start(&["--max-conns-per-ip", "2"]);
+    let url = srv.ws_url(&token("ivy"));
+    let status_of =
+        |r: Result<(tungstenite::WebSocket<TcpStream>, u16), tungstenite::Error>| match r {
+            Ok(_) => 101,
+            Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("{e}"),
+        };
+    let first = srv.client("ivy");
+    let _second = srv.client("ivy");
+    assert_eq!(
+        status_of(Client::try_connect(&url)),
+        429,
+        "a third is over the cap"
+    );
+    first.close();
+    // The close takes a moment to reach the server: retry for a while, and
+    // only a 429 may come before the success.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut third = loop {
+        match Client::try_connect(&url) {
+            Ok((ws, _)) => break Client { ws },
+            Err(tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 429);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the closed connection never gave its slot back"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(third.recv_json()["type"], "welcome");
+    // And the cap still holds with the new one.
+    assert_eq!(status_of(Client::try_connect(&url)), 429);
+}
+
+#[test]
+fn web_assets_served_are_the_files_in_web() {
+    let srv = Server::start(&[]);
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    let mut paths: Vec<(String, std::path::PathBuf)> = vec![("/".into(), web.join("index.html"))];
+    for entry in std::fs::read_dir(&web).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name == "README.md" {
+            continue;
+        }
+        paths.push((format!("/{name}"), path));
+    }
+    assert!(paths.len() >= 6, "{paths:?}");
+    for (url, file) in paths {
+        let (status, headers, body) = http_bytes(&srv.addr, &url);
+        assert_eq!(status, 200, "GET {url}");
+        let want = std::fs::read(&file).unwrap();
+        assert!(
+            body == want,
+            "GET {url}: {} bytes served, {} is {} bytes and differs",
+            body.len(),
+            file.display(),
+            want.len()
+        );
+        let lower = headers.to_ascii_lowercase();
+        let ext = file.extension().unwrap().to_str().unwrap();
+        let ctype = match ext {
+            "html" => "text/html",
+            "js" => "text/javascript",
+            "css" => "text/css",
+            "svg" => "image/svg+xml",
+            other => panic!("a web asset of an unknown kind: {other}"),
+        };
+        assert!(
+            lower.contains(&format!("content-type: {ctype}")),
+            "GET {url}: {headers}"
+        );
+    }
+}
+
+/// GET `path`; returns (status, header block, body bytes).
+fn http_bytes(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response");
+    let head = String::from_utf8_lossy(&resp[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    let body = resp[split + 4..].to_vec();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .expect("content-length");
+    assert_eq!(
+        body.len(),
+        len,
+        "GET {path}: body length and content-length"
+    );
+    (status, head, body)
+}
+
+#[test]
 fn upgrades_per_ip_per_second_are_capped() {
     let srv = Server::start(&["--max-upgrades-per-ip-per-sec", "3"]);
     let mut statuses = Vec::new();
@@ -359,15 +478,23 @@ fn silent_client_is_dropped_after_heartbeat_timeout() {
     }
     assert!(saw_ping, "server sends pings");
     assert!(srv.metric_with("corechat_disconnects_total", "reason=\"heartbeat_timeout\"") >= 1.0);
-    // A client that answers pings (tungstenite does) stays connected.
+    drop(srv);
+    // A client that answers pings (tungstenite does) stays connected. Same
+    // 200 ms pings, but a 2 s timeout: on a loaded 2-core machine the test's
+    // own reads may be late by a few hundred ms, which must not count as
+    // silence. It is watched for 4 s, well past pings + timeout (2.2 s), so
+    // a server that ignored the pongs would have dropped it.
+    let srv = Server::start(&["--heartbeat-ms", "200", "--heartbeat-timeout-ms", "2000"]);
     let mut c = srv.client("grace");
     c.ws.get_mut()
         .set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
-    let until = std::time::Instant::now() + Duration::from_millis(1200);
+    let mut pings = 0;
+    let until = std::time::Instant::now() + Duration::from_millis(4000);
     while std::time::Instant::now() < until {
         // Reading lets tungstenite answer the server's pings.
         match c.ws.read() {
+            Ok(tungstenite::Message::Ping(_)) => pings += 1,
             Ok(_) => {}
             Err(tungstenite::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock
@@ -375,11 +502,17 @@ fn silent_client_is_dropped_after_heartbeat_timeout() {
             Err(e) => panic!("dropped although answering pings: {e}"),
         }
     }
+    assert!(pings >= 3, "the server kept pinging: {pings} pings in 4 s");
     c.ws.get_mut()
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     c.send_json(json!({"type": "ping", "id": 1}));
     assert_eq!(c.recv_type("pong")["id"], 1);
+    assert_eq!(
+        srv.metric_with("corechat_disconnects_total", "reason=\"heartbeat_timeout\""),
+        0.0,
+        "the answering client was never dropped"
+    );
 }
 
 #[test]
@@ -397,19 +530,53 @@ fn slow_handshake_is_dropped() {
 #[test]
 fn expired_token_closes_open_connection_with_1008() {
     let srv = Server::start(&["--heartbeat-ms", "100"]);
+    let iat = corechat::auth::now_secs();
+    let ttl = 3;
+    let exp_ms = (iat + ttl) * 1000;
     let t = authenticator()
-        .mint(
-            "henry",
-            None,
-            Some(2),
-            None,
-            false,
-            corechat::auth::now_secs(),
-        )
+        .mint("henry", None, Some(ttl), None, false, iat)
         .unwrap();
     let mut c = Client::connect(&srv.ws_url(&t));
     assert_eq!(c.recv_json()["type"], "welcome");
-    assert_eq!(c.recv_close(), Some(1008));
+    // Before `exp` the connection works.
+    c.send_json(json!({"type": "ping", "id": "before"}));
+    assert_eq!(c.recv_type("pong")["id"], "before");
+    let answered_ms = unix_ms();
+    assert!(
+        answered_ms < exp_ms,
+        "the pong came {} ms after exp: the machine is too slow for this test",
+        answered_ms - exp_ms
+    );
+    // Then the server closes it with 1008 "token expired", not before `exp`.
+    let (code, reason) = loop {
+        match c.ws.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => break (u16::from(f.code), f.reason),
+            Ok(tungstenite::Message::Close(None)) => panic!("close without a code"),
+            Ok(_) => {}
+            Err(e) => panic!("the stream ended without a close frame: {e}"),
+        }
+    };
+    let closed_ms = unix_ms();
+    assert_eq!(code, 1008);
+    assert_eq!(reason.as_str(), "token expired");
+    assert!(
+        closed_ms >= exp_ms,
+        "closed {} ms before exp",
+        exp_ms - closed_ms
+    );
+    assert!(
+        closed_ms < exp_ms + 5000,
+        "closed {} ms after exp",
+        closed_ms - exp_ms
+    );
+    assert!(srv.metric_with("corechat_disconnects_total", "reason=\"token_expired\"") >= 1.0);
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 #[test]
@@ -424,6 +591,128 @@ fn sigterm_closes_with_1001_and_exits() {
         .wait_exit(Duration::from_secs(10))
         .expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
+}
+
+/// SIGTERM while a client never answers the close frame and publishes are
+/// in flight: the drain timeout bounds the exit, new upgrades are refused
+/// meanwhile, and every acknowledged publish is in the history after a
+/// restart on the same data directory.
+#[test]
+fn sigterm_drain_is_bounded_refuses_upgrades_and_keeps_acked_publishes() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_string();
+    let drain_ms = 3000u64;
+    let drain = drain_ms.to_string();
+    let flags = [
+        "--shards",
+        "2",
+        "--store",
+        "sqlite",
+        "--data-dir",
+        &dir,
+        "--drain-timeout-ms",
+        &drain,
+        "--rate-per-sec",
+        "100000",
+        "--burst",
+        "100000",
+    ];
+    let mut srv = Server::start(&flags);
+    // A client that reads nothing and never answers the close.
+    let mut mute = Raw::open(&srv.addr, &token("mute"));
+    let mut publisher = srv.client("publisher");
+    publisher.send_json(json!({"type": "join", "room": "drain", "id": "j"}));
+    publisher.recv_type("joined");
+    let mut watcher = srv.client("watcher");
+
+    // Publishes in flight when the signal comes: the first is acked (the
+    // server is busy with them), the rest race the shutdown.
+    let n = 200u64;
+    for i in 0..n {
+        publisher.send_json(json!({"type": "publish", "room": "drain", "body": {"i": i}, "id": i}));
+    }
+    publisher.recv_type("ack");
+    let mut acked = vec![0u64];
+    let signalled = std::time::Instant::now();
+    srv.signal(15);
+
+    // The publisher's answers until its close: each is an ack or
+    // `unavailable`, never anything else.
+    let mut unavailable = 0;
+    let code = loop {
+        match publisher.ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                match v["type"].as_str() {
+                    Some("ack") => acked.push(v["id"].as_u64().unwrap()),
+                    Some("error") => {
+                        assert_eq!(v["code"], "unavailable", "{v}");
+                        unavailable += 1;
+                    }
+                    Some("message") => {}
+                    _ => panic!("unexpected frame during the drain: {v}"),
+                }
+            }
+            Ok(tungstenite::Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(e) => panic!("the publisher's stream ended without a close: {e}"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    assert_eq!(watcher.recv_close(), Some(1001));
+
+    // The mute client keeps the drain going: the process is still there,
+    // and it takes no new connection.
+    assert!(
+        srv.child.try_wait().unwrap().is_none(),
+        "exited before the drain timeout although a client never answered the close"
+    );
+    // (A short read timeout: a connection left in a closed listener's
+    // backlog must not hold the test past the drain.)
+    if let Ok(stream) = TcpStream::connect(&srv.addr) {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        match tungstenite::client(srv.ws_url(&token("late")), stream) {
+            Ok(_) => panic!("an upgrade was accepted during the drain"),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+                assert!(resp.status().as_u16() >= 400, "{}", resp.status())
+            }
+            Err(_) => {} // reset, closed or never answered: not upgraded
+        }
+    }
+    let status = srv
+        .wait_exit(Duration::from_millis(drain_ms + 5000))
+        .expect("exits after SIGTERM");
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}");
+    // Slack for a loaded 2-core machine; the bound is what matters.
+    assert!(
+        took <= Duration::from_millis(drain_ms + 2000),
+        "the drain took {took:?}, over drain_timeout ({drain_ms} ms) + 2 s"
+    );
+    // The mute client got close 1001 on the wire, then the end of the stream.
+    assert_eq!(mute.close_code(), Some(1001));
+    drop(srv);
+
+    // Every acked publish survived, with its body, in order.
+    let srv = Server::start(&flags);
+    let (history, _) = common::chat::full_history(&srv, "drain");
+    let bodies: std::collections::HashSet<u64> = history
+        .iter()
+        .map(|m| m["body"]["i"].as_u64().unwrap())
+        .collect();
+    for i in &acked {
+        assert!(
+            bodies.contains(i),
+            "publish {i} was acked before the shutdown but is not in the history \
+             ({} acked, {unavailable} unavailable, {} stored)",
+            acked.len(),
+            history.len()
+        );
+    }
+    let seqs: Vec<u64> = history.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
 }
 
 #[test]

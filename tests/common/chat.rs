@@ -114,25 +114,33 @@ pub fn seqs(msgs: &[Value]) -> Vec<u64> {
 }
 
 /// Asserts nothing arrives for a while (a frame that should not exist would
-/// normally show up long before this; never fails because of slowness).
+/// normally show up long before this), then proves it with a sentinel.
 pub fn assert_quiet(c: &mut Client, ms: u64) {
     quiet_except(c, ms, &[]);
 }
 
 /// Like `assert_quiet`, but frames of the given types are allowed.
+///
+/// A quiet spell alone proves nothing on a loaded machine (the frame may
+/// just be late), so the check ends with a sentinel: a `ping` with a fresh
+/// id, read up to its `pong`. The server answers requests in order, so every
+/// frame it had queued for this connection before the ping arrives before
+/// the pong, and is checked.
 pub fn quiet_except(c: &mut Client, ms: u64, allowed: &[&str]) {
+    static SENTINEL: AtomicU64 = AtomicU64::new(0);
+    let check = |t: &str| {
+        let v: Value = serde_json::from_str(t).expect("JSON");
+        assert!(
+            allowed.iter().any(|a| v["type"] == *a),
+            "unexpected frame: {t}"
+        );
+    };
     c.ws.get_mut()
         .set_read_timeout(Some(Duration::from_millis(ms)))
         .unwrap();
     loop {
         match c.ws.read() {
-            Ok(Message::Text(t)) => {
-                let v: Value = serde_json::from_str(&t).expect("JSON");
-                assert!(
-                    allowed.iter().any(|a| v["type"] == *a),
-                    "unexpected frame: {t}"
-                );
-            }
+            Ok(Message::Text(t)) => check(&t),
             Ok(Message::Close(f)) => panic!("unexpected close: {f:?}"),
             Ok(_) => continue,
             Err(tungstenite::Error::Io(e))
@@ -147,6 +155,16 @@ pub fn quiet_except(c: &mut Client, ms: u64, allowed: &[&str]) {
         }
     }
     c.ws.get_mut().set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let id = format!("quiet-{}", SENTINEL.fetch_add(1, Ordering::Relaxed));
+    c.send_json(json!({"type": "ping", "id": id}));
+    loop {
+        let t = c.recv_text();
+        let v: Value = serde_json::from_str(&t).expect("JSON");
+        if v["type"] == "pong" && v["id"] == id.as_str() {
+            return;
+        }
+        check(&t);
+    }
 }
 
 /// Sends a request and returns the reply (the next frame that carries `id`).

@@ -35,6 +35,29 @@ export async function waitFor(fn, { timeout = 10000, interval = 20, what = "cond
   }
 }
 
+/**
+ * Sentinel for "nothing more arrives" checks against the fake server: a
+ * `ping` from the client, answered by the fake connection. A WebSocket keeps
+ * order, so once it resolves every frame either side sent before it has been
+ * received and handled.
+ */
+export async function roundTrip(chat, conn) {
+  const p = chat.ping();
+  const f = await conn.next((x) => x.type === "ping" && !String(x.id).endsWith("-hb"));
+  conn.send({ type: "pong", id: f.id });
+  await p;
+}
+
+/**
+ * Sentinel for the real server: after a short quiet spell, a ping round trip
+ * on each client. The server answers in order, so every frame it had sent a
+ * client before the pong has been handled when this resolves.
+ */
+export async function settle(...clients) {
+  await sleep(300);
+  for (const c of clients) await c.ping();
+}
+
 /** Record a client's events: `rec.message` is the array of messages, etc. */
 export function record(chat, events = ["message", "epoch", "status", "gap", "joined", "error", "welcome"]) {
   const rec = {};

@@ -4,7 +4,7 @@
 // dm catch-up and token expiry.
 import { test, describe, after } from "node:test";
 import assert from "node:assert/strict";
-import { Server, Proxy, cliToken, record, waitFor, sleep, dmRoom } from "./helpers.mjs";
+import { Server, Proxy, cliToken, record, waitFor, sleep, settle, dmRoom } from "./helpers.mjs";
 
 const servers = [];
 const clients = [];
@@ -151,7 +151,7 @@ describe("resume across server restarts", () => {
       c.close();
     }
     await waitFor(() => rb.message.length === sent.length, { timeout: 20000, what: "B has all" });
-    await sleep(300); // nothing else may arrive
+    await settle(a, b); // nothing else may arrive: a quiet spell, then a ping round trip as sentinel
     assertExactlyOnceInOrder(ra, "resume", sent);
     assertExactlyOnceInOrder(rb, "resume", sent);
     assert.equal(rb.disconnect[0].code, 1001, "SIGTERM closes with 1001");
@@ -213,7 +213,7 @@ describe("offline queue", () => {
     const ro = record(o);
     await o.join("queue", { since: 0 });
     await waitFor(() => ro.message.length === 4, { what: "replay" });
-    await sleep(300);
+    await settle(o, a); // nothing else may arrive: a quiet spell, then a ping round trip as sentinel
     assert.deepEqual(texts(ro, "queue"), ["before", "offline1", "offline2", "offline3"]);
     assert.deepEqual(texts(ra, "queue"), ["before", "offline1", "offline2", "offline3"]);
     const bob = client(s, { token: s.token("bob") });
@@ -255,7 +255,7 @@ describe("offline queue", () => {
 
     await a.publish("inflight", { text: "after" });
     await waitFor(() => rb.message.length === 3, { what: "after" });
-    await sleep(300);
+    await settle(b); // nothing else may arrive: a quiet spell, then a ping round trip as sentinel
     assert.deepEqual(texts(rb, "inflight"), ["first", "ack lost", "after"], "nothing was sent twice");
     await cleanup();
   });
@@ -281,7 +281,7 @@ describe("dm and tokens", () => {
     await waitFor(() => ra.message.length === 4, { timeout: 20000, what: "caught up" });
     await b.dm("alice", { text: "d5" });
     await waitFor(() => ra.message.length === 5, { what: "live again" });
-    await sleep(300);
+    await settle(a); // nothing else may arrive: a quiet spell, then a ping round trip as sentinel
     assertExactlyOnceInOrder(ra, room, ["d1", "d2", "d3", "d4", "d5"]);
     await cleanup();
   });

@@ -3,7 +3,7 @@
 // epoch and offline-queue logic is exercised deterministically.
 import { test, describe, beforeEach, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { FakeServer, WebSocketImpl, CoreChat, dmRoom, dmPeer, backoffDelay, record, waitFor, sleep } from "./helpers.mjs";
+import { FakeServer, WebSocketImpl, CoreChat, dmRoom, dmPeer, backoffDelay, record, waitFor, sleep, roundTrip } from "./helpers.mjs";
 
 let fake;
 const clients = [];
@@ -142,6 +142,7 @@ describe("ordering", () => {
     for (const s of [1, 2, 2, 1, 3]) c.send(msg("room1", s));
     await waitFor(() => rec.message.length >= 3);
     await sleep(50);
+    await roundTrip(chat, c); // sentinel: all sent before it has been handled
     assert.deepEqual(seqs(rec), [1, 2, 3]);
     assert.equal(chat.lastSeq("room1"), 3);
     assert.equal(rec.message[0].type, undefined);
@@ -214,6 +215,7 @@ describe("reconnect and resume", () => {
     assert.equal(ja2.since, 5);
     await joinOn(c2, "b", { seq: 6 });
     await sleep(50);
+    await roundTrip(chat, c2); // sentinel: all sent before it has been handled
     assert.deepEqual(seqs(rec, "a"), [1, 2, 3, 4, 5]);
     assert.deepEqual(seqs(rec, "b"), [6]);
     assert.deepEqual(
@@ -253,6 +255,7 @@ describe("reconnect and resume", () => {
     c2.send(msg("e", 10));
     await waitFor(() => rec.message.length >= 7);
     await sleep(80);
+    await roundTrip(chat, c2); // sentinel: all sent before it has been handled
     assert.deepEqual(seqs(rec).slice(6), [10], "the replay of the old position is not delivered");
   });
 
@@ -308,6 +311,7 @@ describe("reconnect and resume", () => {
     c1.send({ type: "history", id: h2.id, room: "dm:alice:carol", messages: [strip(msg("x", 1))], has_more: false });
     await waitFor(() => rec.message.length >= 6);
     await sleep(50);
+    await roundTrip(chat, c1); // sentinel: all sent before it has been handled
     assert.deepEqual(seqs(rec, room), [3, 4, 5, 6, 7]);
     assert.deepEqual(seqs(rec, "dm:alice:carol"), [1]);
   });
@@ -336,6 +340,7 @@ describe("offline queue", () => {
     const dmf = await c1.next("dm");
     assert.deepEqual({ id: dmf.id, to: dmf.to, body: dmf.body }, { id: d1.id, to: "bob", body: { text: "psst" } });
     await sleep(50);
+    await roundTrip(chat, c1); // sentinel: all sent before it has been handled
     assert.equal(c1.all("publish").length, 0, "not before joined");
     c1.send({ type: "rooms", id: r.id, rooms: [] });
     c1.send({ type: "joined", id: j.id, room: "q", seq: 0, epoch: "e1", members: 1, read: 0, recovered: true });
@@ -355,6 +360,7 @@ describe("offline queue", () => {
     assert.equal(j2.since, 1);
     await assert.rejects(p2, (e) => e.code === "unconfirmed");
     await sleep(50);
+    await roundTrip(chat, c2); // sentinel: all sent before it has been handled
     assert.equal(c2.all("publish").length, 0, "an in-flight publish is never resent");
     assert.equal(chat.pending.length, 1);
     assert.equal(chat.pending[0].state, "unknown");
@@ -383,6 +389,7 @@ describe("offline queue", () => {
     assert.deepEqual(ack, { id: p.id, room: "q", seq: 4, ts: 1700000000004, recovered: true });
     assert.equal(chat.pending.length, 0);
     await sleep(50);
+    await roundTrip(chat, c1); // sentinel: all sent before it has been handled
     assert.equal(c1.all("publish").length, 0);
   });
 
@@ -419,9 +426,15 @@ describe("liveness", () => {
     c0.welcome("alice", { heartbeat_ms: 1000 });
     const r = await c0.next("rooms");
     c0.send({ type: "rooms", id: r.id, rooms: [] });
+    const rec = record(chat, ["status", "disconnect"]);
     await c0.next("ping", 5000);
-    // no pong: the client gives up on this connection and opens another
-    await fake.conn(1, 8000);
-    assert.equal(chat.status === "open" || chat.status === "reconnecting", true);
+    // no pong: the client gives up on this connection (closes it, says so)
+    // and opens another
+    await waitFor(() => c0.closed, { timeout: 5000, what: "the unanswered connection closed by the client" });
+    assert.ok(rec.disconnect.length >= 1, "a disconnect event");
+    assert.ok(rec.status.includes("reconnecting"), `status went through reconnecting: ${rec.status}`);
+    const c1 = await fake.conn(1, 8000);
+    assert.equal(c0.closed, true);
+    assert.equal(c1.closed, false, "the new connection is the live one");
   });
 });
