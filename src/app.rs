@@ -48,6 +48,12 @@ pub trait Port<M, S> {
     fn bus(&mut self, dest: usize, msg: M);
     /// Wakes this shard from another thread (store completions).
     fn waker(&self) -> Arc<Waker>;
+    /// The app can take requests from `key` again (see `App::accepts_input`):
+    /// reading resumes if nothing else holds it back.
+    fn resume_input(&mut self, key: usize);
+    /// Calls `App::on_drained` once `key`'s send queue has drained (the
+    /// pacing of long replies: the next part is made when the last is gone).
+    fn notify_drained(&mut self, key: usize);
 }
 
 /// The port as an app's hooks receive it.
@@ -101,4 +107,10 @@ pub trait App {
     fn unready_backend(&self) -> Option<&'static str>;
     /// Unix time (s) at which the session's credentials expire.
     fn expires_at(session: &Self::Session) -> Option<u64>;
+    /// False while the app is still preparing too many replies for this
+    /// session: the reactor then stops reading its requests (back-pressure),
+    /// until `Port::resume_input`.
+    fn accepts_input(session: &Self::Session) -> bool;
+    /// The send queue drained after `Port::notify_drained`.
+    fn on_drained(&mut self, port: &mut AppPort<Self>, key: usize);
 }

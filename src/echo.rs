@@ -61,4 +61,10 @@ impl App for EchoApp {
     fn expires_at(_: &NoSession) -> Option<u64> {
         None
     }
+
+    fn accepts_input(_: &NoSession) -> bool {
+        true
+    }
+
+    fn on_drained(&mut self, _: &mut EchoPort, _: usize) {}
 }

@@ -30,6 +30,21 @@ impl From<ProtoError> for Refused {
 
 type Outcome = Result<(), Refused>;
 
+/// Joins, leaves and new DM rooms per second, once the burst is spent.
+const CHURN_PER_SEC: u32 = 10;
+
+/// The churn burst: every allowed room at once, and a little more.
+pub(super) fn churn_burst(max_rooms_per_conn: usize) -> u32 {
+    u32::try_from(max_rooms_per_conn)
+        .unwrap_or(u32::MAX)
+        .saturating_add(20)
+}
+
+enum Bucket {
+    Messages,
+    Churn,
+}
+
 fn not_joined(what: &'static str) -> Refused {
     Refused::Error(ProtoError::new(ErrorCode::NotJoined, what))
 }
@@ -69,15 +84,34 @@ impl ChatApp {
 
     /// Applies the token bucket of publish, dm, typing and read.
     fn rate_limit(&mut self, port: &mut ChatPort, key: usize) -> Outcome {
-        let (rate, burst, now) = (
-            port.config().rate_per_sec,
-            port.config().burst,
-            port.now_ms(),
-        );
+        let (rate, burst) = (port.config().rate_per_sec, port.config().burst);
+        self.admit(port, key, Bucket::Messages, rate, burst)
+    }
+
+    /// Applies the churn budget of join, leave and new DM rooms: generous
+    /// enough to join every allowed room at once, then a steady pace.
+    fn churn_limit(&mut self, port: &mut ChatPort, key: usize) -> Outcome {
+        let burst = churn_burst(port.config().max_rooms_per_conn);
+        self.admit(port, key, Bucket::Churn, CHURN_PER_SEC, burst)
+    }
+
+    fn admit(
+        &mut self,
+        port: &mut ChatPort,
+        key: usize,
+        which: Bucket,
+        rate: u32,
+        burst: u32,
+    ) -> Outcome {
+        let now = port.now_ms();
         let Some(s) = port.session_mut(key) else {
             return Err(Refused::Closed);
         };
-        match s.bucket.admit(rate, burst, now) {
+        let bucket = match which {
+            Bucket::Messages => &mut s.bucket,
+            Bucket::Churn => &mut s.churn,
+        };
+        match bucket.admit(rate, burst, now) {
             Admit::Yes => Ok(()),
             Admit::No { retry_after_ms } => {
                 metrics::inc(&port.metrics().rate_limited);
@@ -104,6 +138,14 @@ impl ChatApp {
             user: s.identity.user.clone(),
             name_json: s.name_json.clone(),
         })
+    }
+
+    /// A request whose reply another role prepares: counted until the reply
+    /// is queued, so a client cannot pile up replies it does not read.
+    fn expect_reply(port: &mut ChatPort, key: usize) {
+        if let Some(s) = port.session_mut(key) {
+            s.inflight = s.inflight.saturating_add(1);
+        }
     }
 
     fn require_joined(port: &ChatPort, key: usize, room: &str, what: &'static str) -> Outcome {
@@ -133,6 +175,7 @@ impl ChatApp {
             } => self.history(port, key, id, room, before, after, limit),
             Request::Rooms => {
                 let who = Self::requester(port, key)?;
+                Self::expect_reply(port, key);
                 let msg = UserMsg::RoomsRequest {
                     user: who.user.clone(),
                     conn: who.conn,
@@ -143,6 +186,7 @@ impl ChatApp {
             }
             Request::Presence { room } => {
                 Self::require_joined(port, key, room, "not joined to this room")?;
+                Self::expect_reply(port, key);
                 let msg = HomeMsg::Presence {
                     room: Arc::from(room),
                     conn: port.conn_ref(key),
@@ -164,6 +208,7 @@ impl ChatApp {
             }
             Request::Read { room, seq } => {
                 Self::require_joined(port, key, room, "not joined to this room")?;
+                self.rate_limit(port, key)?;
                 let who = Self::requester(port, key)?;
                 let msg = HomeMsg::Read {
                     room: Arc::from(room),
@@ -189,11 +234,21 @@ impl ChatApp {
         if !session.identity.may_access(room) {
             return Err(ProtoError::new(ErrorCode::Forbidden, "you may not join this room").into());
         }
+        let already = session.joined(room).is_some();
+        if !already && session.rooms.len() >= port.config().max_rooms_per_conn {
+            return Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                "joined to too many rooms (max_rooms_per_conn)",
+            )
+            .into());
+        }
+        self.churn_limit(port, key)?;
+        let session = port.session(key).ok_or(Refused::Closed)?;
         let room: RoomName = Arc::from(room);
         let mut rejoin = false;
         if let Some(j) = session.joined(&room) {
             match j.state {
-                JoinState::Pending => {
+                JoinState::Pending | JoinState::Replaying { .. } => {
                     return Err(
                         ProtoError::new(ErrorCode::BadRequest, "join already in progress").into(),
                     )
@@ -210,6 +265,7 @@ impl ChatApp {
         if let Some(s) = port.session_mut(key) {
             s.set_pending(&room);
         }
+        Self::expect_reply(port, key);
         let msg = HomeMsg::Join {
             room: room.clone(),
             who,
@@ -223,6 +279,8 @@ impl ChatApp {
 
     fn leave(&mut self, port: &mut ChatPort, key: usize, id: &ReqId, room: &str) -> Outcome {
         let who = Self::requester(port, key)?;
+        Self::require_joined(port, key, room, "not joined to this room")?;
+        self.churn_limit(port, key)?;
         let session = port.session(key).ok_or(Refused::Closed)?;
         let Some(j) = session.joined(room) else {
             return Err(not_joined("not joined to this room"));
@@ -276,6 +334,11 @@ impl ChatApp {
         }
         self.rate_limit(port, key)?;
         let room: RoomName = protocol::dm_room(&who.user, to).into();
+        // A conversation this connection has not joined may be a new one
+        // (even with a made-up user): budgeted like a join.
+        if !port.session(key).is_some_and(|s| s.joined(&room).is_some()) {
+            self.churn_limit(port, key)?;
+        }
         self.send_publish(port, room, who, body, id);
         Ok(())
     }
@@ -315,6 +378,7 @@ impl ChatApp {
         if !session.identity.may_access(room) {
             return Err(ProtoError::new(ErrorCode::Forbidden, "you may not read this room").into());
         }
+        Self::expect_reply(port, key);
         let msg = HomeMsg::History {
             room: Arc::from(room),
             reply: ReplyTo::Ws(port.conn_ref(key)),

@@ -8,9 +8,33 @@ use super::session::{JoinState, Session};
 use super::{ChatApp, ChatPort, RoomName, Seq};
 use crate::bus::ConnRef;
 use crate::http::Response;
-use crate::metrics;
+use crate::metrics::{self, DisconnectReason};
+use crate::ws::close_code;
 use bytes::Bytes;
 use std::time::Instant;
+
+/// DM frames kept for a connection while its join of that DM room replays.
+const HELD_DM_FRAMES: usize = 1024;
+
+/// One page of a paced replay as the member receives it.
+struct Page {
+    after: Seq,
+    frames: Vec<Bytes>,
+    upto: Seq,
+    done: bool,
+    failed: bool,
+}
+
+/// A reply to one of `key`'s requests was queued: one less in preparation,
+/// and reading may resume.
+fn reply_arrived(port: &mut ChatPort, key: usize) {
+    if let Some(s) = port.session_mut(key) {
+        s.inflight = s.inflight.saturating_sub(1);
+        if s.inflight < super::session::MAX_INFLIGHT {
+            port.resume_input(key);
+        }
+    }
+}
 
 impl ChatApp {
     /// The WebSocket is open: say welcome, and tell the user's home.
@@ -108,7 +132,33 @@ impl ChatApp {
                 frames,
                 last_seq,
                 accepted,
-            } => self.join_done(port, room, conn, frames, last_seq, accepted),
+                more,
+            } => {
+                if let Some(key) = port.resolve(conn) {
+                    reply_arrived(port, key);
+                    self.join_done(port, key, room, frames, last_seq, accepted, more);
+                }
+            }
+            MemberMsg::ReplayPage {
+                room,
+                conn,
+                after,
+                frames,
+                upto,
+                done,
+                failed,
+            } => {
+                if let Some(key) = port.resolve(conn) {
+                    let page = Page {
+                        after,
+                        frames,
+                        upto,
+                        done,
+                        failed,
+                    };
+                    self.replay_page(port, key, &room, page);
+                }
+            }
             MemberMsg::RoomFrame {
                 room,
                 frame,
@@ -125,6 +175,7 @@ impl ChatApp {
             MemberMsg::ToConn { conn, frame } => {
                 if let Some(key) = port.resolve(conn) {
                     port.send(key, frame);
+                    reply_arrived(port, key);
                 }
             }
             MemberMsg::HttpReply { conn, status, body } => {
@@ -135,19 +186,17 @@ impl ChatApp {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn join_done(
         &mut self,
         port: &mut ChatPort,
+        key: usize,
         room: RoomName,
-        conn: ConnRef,
         frames: Vec<Bytes>,
         last_seq: Seq,
         accepted: bool,
+        more: bool,
     ) {
-        let Some(key) = port.resolve(conn) else {
-            return; // its disconnect already told the home
-        };
-        let is_dm = room.starts_with("dm:");
         let Some(session) = port.session_mut(key) else {
             return;
         };
@@ -164,6 +213,33 @@ impl ChatApp {
             }
             return;
         }
+        for f in frames {
+            port.send(key, f);
+        }
+        if more {
+            self.set_replaying(port, key, &room, last_seq);
+        } else {
+            self.go_live(port, key, &room, last_seq);
+        }
+    }
+
+    /// The replay continues: the next page is asked for once the client
+    /// has drained this one (`on_drained`).
+    fn set_replaying(&mut self, port: &mut ChatPort, key: usize, room: &str, upto: Seq) {
+        if let Some(j) = port.session_mut(key).and_then(|s| s.joined_mut(room)) {
+            j.state = JoinState::Replaying { upto, asked: false };
+            j.held.retain(|(seq, _)| *seq > upto);
+        }
+        port.notify_drained(key);
+    }
+
+    /// The replay has caught up (`upto`): the connection becomes a live
+    /// member; live frames follow on the channel the replay came by.
+    fn go_live(&mut self, port: &mut ChatPort, key: usize, room: &RoomName, upto: Seq) {
+        let is_dm = room.starts_with("dm:");
+        let Some(joined) = port.session_mut(key).and_then(|s| s.joined_mut(room)) else {
+            return;
+        };
         let held = std::mem::take(&mut joined.held);
         if is_dm {
             joined.state = JoinState::Dm;
@@ -172,20 +248,73 @@ impl ChatApp {
             joined.state = JoinState::Member(members.len() as u32);
             members.push(key);
         }
-        for f in frames {
-            port.send(key, f);
-        }
-        // DM frames that came by the user route while the join was pending:
-        // only those the replay did not already carry.
-        let mut floor = last_seq;
+        // DM frames that came by the user route during the join: only those
+        // the replay did not already carry.
+        let mut floor = upto;
         for (seq, f) in held {
             if seq == 0 || seq > floor {
                 floor = floor.max(seq);
                 port.send(key, f);
             }
         }
-        if let Some(j) = port.session_mut(key).and_then(|s| s.joined_mut(&room)) {
+        if let Some(j) = port.session_mut(key).and_then(|s| s.joined_mut(room)) {
             j.floor = floor;
+        }
+    }
+
+    /// The client drained its queue: ask the homes for the next replay pages.
+    pub(super) fn replay_next_pages(&mut self, port: &mut ChatPort, key: usize) {
+        let conn = port.conn_ref(key);
+        let Some(session) = port.session_mut(key) else {
+            return;
+        };
+        let mut asks = Vec::new();
+        for j in &mut session.rooms {
+            if let JoinState::Replaying { upto, asked: false } = j.state {
+                j.state = JoinState::Replaying { upto, asked: true };
+                asks.push((j.room.clone(), upto));
+            }
+        }
+        for (room, after) in asks {
+            let msg = HomeMsg::ReplayMore {
+                room: room.clone(),
+                conn,
+                after,
+            };
+            self.router.to_room_home(port, &room, msg);
+        }
+    }
+
+    fn replay_page(&mut self, port: &mut ChatPort, key: usize, room: &RoomName, page: Page) {
+        let expected = port
+            .session(key)
+            .and_then(|s| s.joined(room))
+            .is_some_and(|j| {
+                j.state
+                    == JoinState::Replaying {
+                        upto: page.after,
+                        asked: true,
+                    }
+            });
+        if !expected {
+            return; // left, or a page of an earlier join
+        }
+        if page.failed {
+            port.close(
+                key,
+                close_code::OVERLOAD,
+                "history unavailable; resume later",
+                DisconnectReason::SlowConsumer,
+            );
+            return;
+        }
+        for f in page.frames {
+            port.send(key, f);
+        }
+        if page.done {
+            self.go_live(port, key, room, page.upto);
+        } else {
+            self.set_replaying(port, key, room, page.upto);
         }
     }
 
@@ -244,8 +373,12 @@ impl ChatApp {
             };
             if let Some(j) = session.joined_mut(room) {
                 match j.state {
-                    JoinState::Pending => {
-                        j.held.push((seq, frame.clone()));
+                    JoinState::Pending | JoinState::Replaying { .. } => {
+                        // Bounded: past the cap, a message is left to the
+                        // replay, which reads every committed one.
+                        if j.held.len() < HELD_DM_FRAMES {
+                            j.held.push((seq, frame.clone()));
+                        }
                         continue;
                     }
                     _ if seq > 0 && seq <= j.floor => continue,

@@ -102,7 +102,11 @@ pub struct ChatApp {
     store: StoreClient,
     latency: hdrhistogram::Histogram<u64>,
     last_export_ms: u64,
+    last_sweep_ms: u64,
 }
+
+/// How often idle room homes are swept.
+const SWEEP_MS: u64 = 10_000;
 
 impl ChatApp {
     pub fn new(shard: usize, shards: usize, shared: Arc<ChatShared>, cfg: &Config) -> Self {
@@ -130,6 +134,7 @@ impl ChatApp {
             latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
                 .expect("static histogram bounds are valid"),
             last_export_ms: 0,
+            last_sweep_ms: 0,
         }
     }
 
@@ -203,9 +208,11 @@ impl App for ChatApp {
             .auth
             .verify(&token, crate::auth::now_secs())
             .map_err(|e| refuse(e.to_string()))?;
+        let churn_burst = client::churn_burst(port.config().max_rooms_per_conn);
         Ok(Box::new(Session::new(
             identity,
             port.config().burst,
+            churn_burst,
             port.now_ms(),
         )))
     }
@@ -261,6 +268,10 @@ impl App for ChatApp {
             self.last_export_ms = port.now_ms();
             port.metrics().export_latency(&self.latency);
         }
+        if port.now_ms() >= self.last_sweep_ms + SWEEP_MS {
+            self.last_sweep_ms = port.now_ms();
+            self.sweep_idle_rooms(port.now_ms());
+        }
     }
 
     fn unready_backend(&self) -> Option<&'static str> {
@@ -269,6 +280,14 @@ impl App for ChatApp {
 
     fn expires_at(session: &Session) -> Option<u64> {
         session.exp
+    }
+
+    fn accepts_input(session: &Session) -> bool {
+        session.inflight < session::MAX_INFLIGHT
+    }
+
+    fn on_drained(&mut self, port: &mut ChatPort, key: usize) {
+        self.replay_next_pages(port, key);
     }
 }
 

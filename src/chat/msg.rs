@@ -62,6 +62,12 @@ pub enum HomeMsg {
         user: UserId,
         seq: Seq,
     },
+    /// The next page of a paced replay: messages after `after`.
+    ReplayMore {
+        room: RoomName,
+        conn: ConnRef,
+        after: Seq,
+    },
     /// `rooms` scatter step: seq and read marker of these rooms for `user`.
     RoomInfo {
         gather: u64,
@@ -91,9 +97,26 @@ pub enum MemberMsg {
         room: RoomName,
         conn: ConnRef,
         frames: Vec<Bytes>,
+        /// Highest seq the frames cover.
         last_seq: Seq,
         /// False when the join failed (frames then hold the error reply).
         accepted: bool,
+        /// The replay goes on after `last_seq`: the member asks for each next
+        /// page when the client has drained the last (`HomeMsg::ReplayMore`).
+        more: bool,
+    },
+    /// A page of a paced replay, answering `ReplayMore { after }`.
+    ReplayPage {
+        room: RoomName,
+        conn: ConnRef,
+        after: Seq,
+        frames: Vec<Bytes>,
+        upto: Seq,
+        /// The replay has reached the live stream: live frames follow on
+        /// this same channel.
+        done: bool,
+        /// The store could not be read: the client must resume later.
+        failed: bool,
     },
     /// A frame for every local member of the room (except `except_user`).
     RoomFrame {
@@ -111,7 +134,7 @@ pub enum MemberMsg {
         frame: Bytes,
         received: Instant,
     },
-    /// A frame for one connection.
+    /// The reply to one of the connection's requests.
     ToConn { conn: ConnRef, frame: Bytes },
     /// An HTTP response for one connection.
     HttpReply {

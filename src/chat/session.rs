@@ -8,6 +8,9 @@ use bytes::Bytes;
 
 /// Window over which unparsable frames are counted toward close 1008.
 const BAD_FRAME_WINDOW_MS: u64 = 60_000;
+/// Requests whose replies may be in preparation at once; past it the
+/// reactor stops reading this connection until replies go out.
+pub const MAX_INFLIGHT: u16 = 16;
 
 /// Per-connection chat state, boxed on the connection.
 pub struct Session {
@@ -15,7 +18,13 @@ pub struct Session {
     pub name_json: NameJson,
     pub exp: Option<u64>,
     pub(super) rooms: Vec<Joined>,
+    /// Over publish, dm, typing and read (PROTOCOL 5.4).
     pub(super) bucket: TokenBucket,
+    /// Over what creates or churns state elsewhere: join, leave, a DM to a
+    /// room this connection has not joined.
+    pub(super) churn: TokenBucket,
+    /// Requests sent to other roles whose replies have not come back.
+    pub(super) inflight: u16,
     bad_frames: u32,
     bad_window_start: u64,
 }
@@ -34,6 +43,9 @@ pub(super) struct Joined {
 pub(super) enum JoinState {
     /// Waiting for the home shard's JoinDone.
     Pending,
+    /// Joined; the replay goes on page by page, up to `upto` so far.
+    /// `asked`: the next page has been requested.
+    Replaying { upto: Seq, asked: bool },
     /// Live member at this index of the local member list.
     Member(u32),
     /// A joined DM room: live frames come by the user's route.
@@ -41,7 +53,7 @@ pub(super) enum JoinState {
 }
 
 impl Session {
-    pub fn new(identity: Identity, burst: u32, now_ms: u64) -> Self {
+    pub fn new(identity: Identity, burst: u32, churn_burst: u32, now_ms: u64) -> Self {
         let name_json: NameJson = serde_json::to_string(&*identity.name)
             .unwrap_or_else(|_| "\"\"".into())
             .into();
@@ -51,6 +63,8 @@ impl Session {
             name_json,
             rooms: Vec::new(),
             bucket: TokenBucket::new(burst, now_ms),
+            churn: TokenBucket::new(churn_burst, now_ms),
+            inflight: 0,
             bad_frames: 0,
             bad_window_start: now_ms,
         }

@@ -32,6 +32,8 @@ struct TestPort {
     conns: Slab<TestConn>,
     next_id: u64,
     posted: Vec<(usize, ChatMsg)>,
+    /// Connections that asked to hear when their queue drains.
+    drain_asks: Vec<usize>,
     waker: Arc<mio::Waker>,
     _poll: mio::Poll,
 }
@@ -84,6 +86,10 @@ impl Port<ChatMsg, Session> for TestPort {
     fn waker(&self) -> Arc<mio::Waker> {
         self.waker.clone()
     }
+    fn resume_input(&mut self, _: usize) {}
+    fn notify_drained(&mut self, key: usize) {
+        self.drain_asks.push(key);
+    }
 }
 
 /// A client: its shard and connection key.
@@ -102,8 +108,13 @@ struct Harness {
 impl Harness {
     /// `shards` chat shards with no store (history in the ring only).
     fn new(shards: usize) -> Self {
+        Self::with_ring(shards, 1000)
+    }
+
+    fn with_ring(shards: usize, history_ring: usize) -> Self {
         let cfg = Config {
             shards,
+            history_ring,
             rate_per_sec: 1_000_000,
             burst: 1_000_000,
             ..Config::default()
@@ -130,6 +141,7 @@ impl Harness {
                     conns: Slab::new(),
                     next_id: 1,
                     posted: Vec::new(),
+                    drain_asks: Vec::new(),
                     waker,
                     _poll: poll,
                 }
@@ -142,17 +154,31 @@ impl Harness {
         }
     }
 
-    /// Carries bus messages until every shard is quiet.
+    /// Carries bus messages until every shard is quiet. Clients read
+    /// everything at once: every drain notice is answered when the bus is
+    /// quiet.
     fn settle(&mut self) {
         loop {
             for (i, port) in self.ports.iter_mut().enumerate() {
                 self.apps[i].end_of_turn(port);
                 self.queue.extend(port.posted.drain(..));
             }
-            let Some((dest, msg)) = self.queue.pop_front() else {
+            if let Some((dest, msg)) = self.queue.pop_front() {
+                self.apps[dest].on_bus(&mut self.ports[dest], msg);
+                continue;
+            }
+            let mut drained = false;
+            for (i, port) in self.ports.iter_mut().enumerate() {
+                for key in std::mem::take(&mut port.drain_asks) {
+                    if port.conns.contains(key) {
+                        self.apps[i].on_drained(port, key);
+                        drained = true;
+                    }
+                }
+            }
+            if !drained {
                 return;
-            };
-            self.apps[dest].on_bus(&mut self.ports[dest], msg);
+            }
         }
     }
 
@@ -169,7 +195,7 @@ impl Harness {
         };
         let key = port.conns.insert(TestConn {
             id,
-            session: Some(Box::new(Session::new(identity, 1_000_000, 1))),
+            session: Some(Box::new(Session::new(identity, 1_000_000, 1_000, 1))),
             sent: Vec::new(),
         });
         self.apps[shard].on_open(port, key);
@@ -334,4 +360,93 @@ fn typing_and_read_skip_the_sender() {
     let got = h.take(b);
     assert_eq!(of_type(&got, "typing")[0]["from"], "a");
     assert_eq!(of_type(&got, "read")[0]["seq"], 1);
+}
+
+#[test]
+fn a_backlog_larger_than_a_page_is_replayed_in_pages_then_live() {
+    let mut h = Harness::with_ring(2, 5000);
+    let alice = h.connect(0, "alice");
+    h.say(alice, r#"{"type":"join","room":"big"}"#);
+    let body = "x".repeat(1000);
+    for _ in 0..2500 {
+        h.say(
+            alice,
+            &format!(r#"{{"type":"publish","room":"big","body":"{body}"}}"#),
+        );
+    }
+    h.take(alice);
+    let bob = h.connect(1, "bob");
+    // The harness reads as it goes: each drain asks for the next page.
+    h.say(bob, r#"{"type":"join","room":"big","since":0}"#);
+    h.say(alice, r#"{"type":"publish","room":"big","body":"live"}"#);
+    let got = h.take(bob);
+    assert_eq!(of_type(&got, "joined")[0]["recovered"], true);
+    assert_eq!(seqs(&got), (1..=2501).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_since_beyond_the_latest_seq_replays_everything_unrecovered() {
+    let mut h = Harness::new(1);
+    let a = h.connect(0, "a");
+    h.say(a, r#"{"type":"join","room":"r"}"#);
+    for _ in 0..3 {
+        h.say(a, r#"{"type":"publish","room":"r","body":1}"#);
+    }
+    let b = h.connect(0, "b");
+    h.say(b, r#"{"type":"join","room":"r","since":50}"#);
+    let got = h.take(b);
+    assert_eq!(of_type(&got, "joined")[0]["recovered"], false);
+    assert_eq!(seqs(&got), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_read_that_changes_nothing_tells_nobody() {
+    let mut h = Harness::new(2);
+    let a = h.connect(0, "a");
+    let b = h.connect(1, "b");
+    for c in [a, b] {
+        h.say(c, r#"{"type":"join","room":"r"}"#);
+    }
+    h.say(a, r#"{"type":"publish","room":"r","body":1}"#);
+    h.take(b);
+    for _ in 0..5 {
+        h.say(a, r#"{"type":"read","room":"r","seq":1}"#);
+    }
+    assert_eq!(of_type(&h.take(b), "read").len(), 1);
+}
+
+#[test]
+fn reading_or_leaving_made_up_rooms_leaves_no_home_behind() {
+    let mut h = Harness::new(1);
+    let a = h.connect(0, "a");
+    for i in 0..50 {
+        h.say(a, &format!(r#"{{"type":"history","room":"nope-{i}"}}"#));
+        h.say(a, &format!(r#"{{"type":"join","room":"tmp-{i}"}}"#));
+        h.say(a, &format!(r#"{{"type":"leave","room":"tmp-{i}"}}"#));
+    }
+    let replies = h.take(a);
+    assert_eq!(of_type(&replies, "history").len(), 50);
+    assert_eq!(of_type(&replies, "left").len(), 50);
+    let left: Vec<String> = h.apps[0]
+        .homes
+        .iter()
+        .map(|(k, v)| format!("{k}: committed {} next {}", v.committed, v.next_seq))
+        .collect();
+    assert!(left.is_empty(), "homes left: {left:?}");
+}
+
+#[test]
+fn joins_past_max_rooms_per_conn_are_forbidden() {
+    let mut h = Harness::new(1);
+    h.ports[0].cfg.max_rooms_per_conn = 3;
+    let a = h.connect(0, "a");
+    for i in 0..4 {
+        h.say(a, &format!(r#"{{"type":"join","room":"r{i}","id":{i}}}"#));
+    }
+    let got = h.take(a);
+    assert_eq!(of_type(&got, "joined").len(), 3);
+    let errors = of_type(&got, "error");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["code"], "forbidden");
+    assert_eq!(errors[0]["id"], 3);
 }

@@ -41,7 +41,11 @@ pub struct Conn<S> {
     pub last_recv_ms: u64,
     /// Coarse clock (ms) of the last ping we sent.
     pub last_ping_ms: u64,
-    pub opened_ms: u64,
+    /// HTTP: when the connection last made progress (opened, a request
+    /// parsed, response bytes written); the handshake timeout counts from it.
+    pub progress_ms: u64,
+    /// When an incomplete frame or fragmented message started (0: none).
+    pub partial_since_ms: u64,
     /// When a closing connection is dropped regardless of the peer.
     pub deadline_ms: u64,
     /// Already on the shard's list of connections to flush this turn.
@@ -53,6 +57,11 @@ pub struct Conn<S> {
     pub keep_alive: bool,
     /// We sent a close frame (the peer's close then ends the connection).
     pub close_sent: bool,
+    /// Reading stopped: the server owes this connection too much (queued
+    /// bytes, or replies the app is still preparing). Resumed on drain.
+    pub reads_paused: bool,
+    /// The app asked to hear when the send queue drains (paced replay).
+    pub drain_notice: bool,
     /// The app's session once the WebSocket is open.
     pub session: Option<Box<S>>,
 }
@@ -71,13 +80,16 @@ impl<S> Conn<S> {
             out_bytes: 0,
             last_recv_ms: now_ms,
             last_ping_ms: now_ms,
-            opened_ms: now_ms,
+            progress_ms: now_ms,
+            partial_since_ms: 0,
             deadline_ms: 0,
             dirty: false,
             ip_counted: false,
             awaiting_reply: false,
             keep_alive: true,
             close_sent: false,
+            reads_paused: false,
+            drain_notice: false,
             session: None,
         }
     }

@@ -18,6 +18,10 @@ use std::sync::Arc;
 
 /// How long a closing connection may take to answer our close frame.
 pub(super) const CLOSE_GRACE_MS: u64 = 2000;
+/// Bytes a shard may hold for connections' unprocessed input (partial
+/// frames, requests read before reading paused); past it, the connection
+/// that would grow it is closed as overload.
+pub(super) const HELD_INPUT_MAX: usize = 64 << 20;
 
 pub struct Core<M, S> {
     pub(super) shard: usize,
@@ -34,6 +38,12 @@ pub struct Core<M, S> {
     /// Connections whose reading must resume (an async HTTP reply arrived).
     pub(super) reread: Vec<usize>,
     pub(super) next_conn_id: u64,
+    /// Unsent bytes over which a connection's requests are not read.
+    pub(super) pause_bytes: usize,
+    /// Sum of the connections' input buffer capacities.
+    pub(super) held_input: usize,
+    /// Connections whose queue drained after `notify_drained`.
+    pub(super) drained: Vec<usize>,
 }
 
 impl<M, S> Core<M, S> {
@@ -97,6 +107,7 @@ impl<M, S> Core<M, S> {
         if conn.phase != Phase::Ws {
             return;
         }
+        let mut grace = CLOSE_GRACE_MS;
         if code == close_code::OVERLOAD {
             // The peer is not reading: drop what is queued, except a frame
             // already partly written (the stream must stay well-framed).
@@ -106,10 +117,13 @@ impl<M, S> Core<M, S> {
                     conn.out_bytes -= f.len();
                 }
             }
+            // Its socket is full: give a late reader time to find the close
+            // frame behind what it has not read yet.
+            grace = grace.max(self.shared.cfg.heartbeat_timeout_ms);
         }
         conn.phase = Phase::Closing;
         conn.close_sent = true;
-        conn.deadline_ms = now + CLOSE_GRACE_MS;
+        conn.deadline_ms = now + grace;
         self.metrics.disconnect(why);
         self.push_raw(key, ws::close_frame(code, reason));
     }
@@ -122,6 +136,7 @@ impl<M, S> Core<M, S> {
         let keep_alive = conn.keep_alive && conn.phase == Phase::Http;
         if conn.awaiting_reply {
             conn.awaiting_reply = false;
+            conn.reads_paused = false;
             self.reread.push(key);
         }
         if !keep_alive {
@@ -236,5 +251,25 @@ impl<M, S> Port<M, S> for Core<M, S> {
 
     fn waker(&self) -> Arc<Waker> {
         self.links[self.shard].waker.clone()
+    }
+
+    fn resume_input(&mut self, key: usize) {
+        let pause_bytes = self.pause_bytes;
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.reads_paused && conn.out_bytes <= pause_bytes {
+                conn.reads_paused = false;
+                self.reread.push(key);
+            }
+        }
+    }
+
+    fn notify_drained(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.drain_notice = true;
+            // Nothing queued: it is drained already.
+            if conn.out.is_empty() {
+                self.mark_dirty(key);
+            }
+        }
     }
 }

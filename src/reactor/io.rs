@@ -2,7 +2,7 @@
 //! WebSocket frames) and writing queued frames with `writev`.
 
 use super::conn::Phase;
-use super::core::{Core, CLOSE_GRACE_MS};
+use super::core::{Core, CLOSE_GRACE_MS, HELD_INPUT_MAX};
 use super::Shard;
 use crate::app::{App, Port};
 use crate::http::{self, Request, Response};
@@ -22,7 +22,11 @@ const MAX_IOVECS: usize = 64;
 
 enum Step {
     Consumed(usize),
-    Need(usize),
+    /// The rest is an incomplete frame or request.
+    Need,
+    /// Stop reading for now; what is left waits in the connection's buffer.
+    Pause,
+    /// Nothing more is read from this connection.
     Stop,
 }
 
@@ -32,25 +36,12 @@ impl<A: App> Shard<A> {
             let Some(conn) = self.core.conns.get_mut(key) else {
                 return;
             };
-            if conn.awaiting_reply || conn.phase == Phase::Draining {
+            if conn.awaiting_reply || conn.reads_paused || conn.phase == Phase::Draining {
                 return;
             }
-            let from_scratch = conn.inbuf.is_empty();
-            let result = if from_scratch {
-                conn.sock.read(&mut self.read_buf)
-            } else {
-                // A partial frame is pending: read behind it.
-                let len = conn.inbuf.len();
-                let want = (conn.inbuf.capacity() - len).max(16 * 1024);
-                conn.inbuf.resize(len + want, 0);
-                let r = conn.sock.read(&mut conn.inbuf[len..]);
-                let got = *r.as_ref().unwrap_or(&0);
-                conn.inbuf.truncate(len + got);
-                r
-            };
-            match result {
+            match conn.sock.read(&mut self.read_buf) {
                 Ok(0) => {
-                    let reason = if self.core.conns[key].close_sent {
+                    let reason = if conn.close_sent {
                         DisconnectReason::ClientClose
                     } else {
                         DisconnectReason::PeerReset
@@ -60,14 +51,21 @@ impl<A: App> Shard<A> {
                 }
                 Ok(n) => {
                     record_received(&mut self.core, key, n);
-                    if from_scratch {
+                    let conn = &mut self.core.conns[key];
+                    if conn.inbuf.is_empty() {
                         let mut buf = std::mem::take(&mut self.read_buf);
                         self.process(key, &mut buf[..n]);
                         self.read_buf = buf;
                     } else {
+                        // Behind a partial frame: keep exactly what arrived
+                        // (the buffer never holds more than the peer sent).
+                        let before = conn.inbuf.capacity();
+                        conn.inbuf.reserve_exact(n);
+                        conn.inbuf.extend_from_slice(&self.read_buf[..n]);
+                        self.core.held_input += conn.inbuf.capacity() - before;
                         self.process_leftover(key);
                     }
-                    if n < READ_BUF / 2 && from_scratch {
+                    if n < READ_BUF / 2 {
                         // A short read means the socket is drained.
                         return;
                     }
@@ -95,28 +93,56 @@ impl<A: App> Shard<A> {
             return;
         }
         let mut buf = std::mem::take(&mut conn.inbuf);
+        self.core.held_input -= buf.capacity();
         self.process(key, &mut buf);
     }
 
-    /// Consumes complete requests/frames from `buf`; a partial one is kept in
-    /// the connection's own buffer (allocated only then).
+    /// Whether `key`'s requests must wait: a reply is still owed (HTTP: one
+    /// request at a time), too many bytes are queued for it, or the app is
+    /// still preparing too many replies for it.
+    fn input_saturated(&self, key: usize) -> bool {
+        let conn = &self.core.conns[key];
+        match conn.phase {
+            Phase::Http => conn.awaiting_reply || conn.out_bytes > 0,
+            Phase::Ws => {
+                conn.out_bytes > self.core.pause_bytes
+                    || conn
+                        .session
+                        .as_deref()
+                        .is_some_and(|s| !A::accepts_input(s))
+            }
+            Phase::Closing | Phase::Draining => false,
+        }
+    }
+
+    /// Consumes complete requests/frames from `buf`; what is left (a partial
+    /// frame, or requests that must wait) is kept in the connection's own
+    /// buffer, allocated only then.
     fn process(&mut self, key: usize, buf: &mut [u8]) {
         let mut pos = 0;
-        let mut needed = 0;
+        let mut partial = false;
         let mut stopped = false;
         while pos < buf.len() {
             let Some(conn) = self.core.conns.get(key) else {
                 return;
             };
-            let step = match conn.phase {
-                Phase::Http if !conn.awaiting_reply => self.process_http(key, &buf[pos..]),
-                Phase::Ws | Phase::Closing => self.process_frame(key, &mut buf[pos..]),
-                _ => Step::Stop,
+            let step = if self.input_saturated(key) {
+                Step::Pause
+            } else {
+                match conn.phase {
+                    Phase::Http => self.process_http(key, &buf[pos..]),
+                    Phase::Ws | Phase::Closing => self.process_frame(key, &mut buf[pos..]),
+                    Phase::Draining => Step::Stop,
+                }
             };
             match step {
                 Step::Consumed(n) => pos += n,
-                Step::Need(n) => {
-                    needed = n;
+                Step::Need => {
+                    partial = true;
+                    break;
+                }
+                Step::Pause => {
+                    self.core.conns[key].reads_paused = true;
                     break;
                 }
                 Step::Stop => {
@@ -125,28 +151,60 @@ impl<A: App> Shard<A> {
                 }
             }
         }
-        if let Some(conn) = self.core.conns.get_mut(key) {
-            let rest = &buf[pos..];
-            // After a stop only pipelined HTTP requests behind one answered
-            // later are kept: they are read once the reply has been queued.
-            let keep_rest = !stopped || (conn.phase == Phase::Http && conn.awaiting_reply);
-            if rest.is_empty() || !keep_rest {
-                // Release the buffer: idle connections hold none.
-                conn.inbuf = Vec::new();
-            } else {
-                let mut keep = Vec::with_capacity(needed.max(rest.len()).max(4096));
-                keep.extend_from_slice(rest);
-                conn.inbuf = keep;
-            }
+        self.keep_rest(key, &buf[pos..], partial, stopped);
+    }
+
+    /// Stores unprocessed input, bounded per shard, and times partial frames.
+    fn keep_rest(&mut self, key: usize, rest: &[u8], partial: bool, stopped: bool) {
+        let now = self.core.now_ms;
+        let over_budget = self.core.held_input + rest.len() > HELD_INPUT_MAX;
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        let incomplete = (partial && !rest.is_empty()) || conn.asm.is_some();
+        conn.partial_since_ms = match (incomplete, conn.partial_since_ms) {
+            (false, _) => 0,
+            (true, 0) => now,
+            (true, since) => since,
+        };
+        if rest.is_empty() || stopped {
+            // Release the buffer: idle connections hold none.
+            conn.inbuf = Vec::new();
+            return;
+        }
+        if over_budget {
+            conn.inbuf = Vec::new();
+            self.overloaded(key);
+            return;
+        }
+        let mut keep = Vec::with_capacity(rest.len());
+        keep.extend_from_slice(rest);
+        self.core.held_input += keep.capacity();
+        conn.inbuf = keep;
+    }
+
+    /// The shard holds too much input: shed this connection.
+    fn overloaded(&mut self, key: usize) {
+        match self.core.conns[key].phase {
+            Phase::Ws => self.core.close_ws(
+                key,
+                close_code::OVERLOAD,
+                "server overloaded",
+                DisconnectReason::SlowConsumer,
+            ),
+            _ => self.remove(key, DisconnectReason::Policy),
         }
     }
 
     fn process_http(&mut self, key: usize, buf: &[u8]) -> Step {
         match http::parse_request(buf) {
-            Ok(None) => Step::Need(0),
+            Ok(None) => Step::Need,
             Ok(Some((req, used))) => {
                 metrics::inc(&self.core.metrics.http_requests);
-                self.core.conns[key].keep_alive = req.keep_alive;
+                let now = self.core.now_ms;
+                let conn = &mut self.core.conns[key];
+                conn.keep_alive = req.keep_alive;
+                conn.progress_ms = now;
                 self.handle_http(key, req);
                 Step::Consumed(used)
             }
@@ -280,7 +338,7 @@ impl<A: App> Shard<A> {
         let max = self.core.shared.cfg.max_frame_bytes;
         let header = match ws::parse_client_frame(buf, max) {
             Ok(Parse::Frame(h)) => h,
-            Ok(Parse::Incomplete { needed }) => return Step::Need(needed),
+            Ok(Parse::Incomplete { .. }) => return Step::Need,
             Err(e) => {
                 self.fail(key, e);
                 return Step::Stop;
@@ -459,6 +517,9 @@ impl<A: App> Shard<A> {
             }
         }
         metrics::add(&self.core.metrics.bytes_out, written_total);
+        if written_total > 0 {
+            conn.progress_ms = self.core.now_ms;
+        }
         if conn.out.is_empty() && conn.out.capacity() > 0 {
             // An empty queue holds no memory: idle connections are most
             // connections (S3), and one allocation per busy turn is cheap
@@ -467,8 +528,28 @@ impl<A: App> Shard<A> {
         }
         let drained = conn.out.is_empty();
         let phase = conn.phase;
+        let slow = phase == Phase::Ws && conn.out_bytes > self.core.shared.cfg.max_outbound_bytes;
+        if !failed && !slow {
+            if conn.drain_notice && conn.out_bytes <= self.core.pause_bytes {
+                conn.drain_notice = false;
+                self.core.drained.push(key);
+            }
+            if conn.reads_paused && !self.input_saturated(key) {
+                self.core.conns[key].reads_paused = false;
+                self.core.reread.push(key);
+            }
+        }
         if failed {
             self.remove(key, DisconnectReason::IoError);
+        } else if slow {
+            // Still unsent after the socket took what it could: the peer
+            // reads slower than its rooms talk.
+            self.core.close_ws(
+                key,
+                close_code::OVERLOAD,
+                "slow consumer",
+                DisconnectReason::SlowConsumer,
+            );
         } else if drained && phase == Phase::Draining {
             // `remove` counts the connection closed before dropping the
             // socket sends the FIN, so a client that saw the end of the

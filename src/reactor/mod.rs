@@ -41,6 +41,8 @@ const LISTENER: Token = Token(usize::MAX - 1);
 pub const WAKER: Token = Token(usize::MAX - 2);
 /// Back-off after `accept` failed for lack of file descriptors.
 const EMFILE_BACKOFF_MS: u64 = 100;
+/// Back-off after `accept` failed otherwise (no buffers, no memory).
+const OTHER_ACCEPT_BACKOFF_MS: u64 = 10;
 
 /// Process-wide transport state every shard reads. Only atomics change
 /// after start.
@@ -89,6 +91,7 @@ impl<A: App> Shard<A> {
         let tick_ms = (shortest / 4).clamp(5, 250);
         let n = links.len();
         let metrics = shared.metrics[shard].clone();
+        let cfg = shared.cfg.clone();
         Ok(Shard {
             core: Core {
                 shard,
@@ -103,6 +106,9 @@ impl<A: App> Shard<A> {
                 local: VecDeque::new(),
                 reread: Vec::new(),
                 next_conn_id: 1,
+                pause_bytes: (cfg.max_outbound_bytes / 4).clamp(16 << 10, 256 << 10),
+                held_input: 0,
+                drained: Vec::new(),
             },
             app,
             poll,
@@ -131,6 +137,7 @@ impl<A: App> Shard<A> {
             }
             if !self.core.local.is_empty()
                 || !self.core.reread.is_empty()
+                || !self.core.drained.is_empty()
                 || self.core.outbox.iter().any(|b| !b.is_empty())
             {
                 timeout = 0;
@@ -176,6 +183,11 @@ impl<A: App> Shard<A> {
             self.app.end_of_turn(&mut self.core);
             self.core.flush_outbox();
             self.flush_dirty();
+            for key in std::mem::take(&mut self.core.drained) {
+                if self.core.conns.contains(key) {
+                    self.app.on_drained(&mut self.core, key);
+                }
+            }
             if self.accept_paused_until > 0 && self.core.now_ms >= self.accept_paused_until {
                 self.accept_paused_until = 0;
                 self.accept();
@@ -261,9 +273,20 @@ impl<A: App> Shard<A> {
                     }
                     return;
                 }
-                Err(e) => {
+                // The peer gave up before we accepted: only that one is lost.
+                Err(e) if e.kind() == stdio::ErrorKind::ConnectionAborted => {
                     metrics::inc(&self.core.metrics.accept_errors);
-                    tracing::debug!(shard = self.core.shard, "accept: {e}");
+                }
+                Err(e) if e.kind() == stdio::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of buffers or memory: retrying at once would spin.
+                    metrics::inc(&self.core.metrics.accept_errors);
+                    self.accept_paused_until = self.core.now_ms + OTHER_ACCEPT_BACKOFF_MS;
+                    if self.core.now_ms >= self.last_emfile_log + 5000 {
+                        self.last_emfile_log = self.core.now_ms;
+                        tracing::warn!(shard = self.core.shard, "accept: {e}; backing off");
+                    }
+                    return;
                 }
             }
         }
@@ -297,6 +320,7 @@ impl<A: App> Shard<A> {
         }
         let conn_ref = self.core.conn_ref(key);
         let mut conn = self.core.conns.remove(key);
+        self.core.held_input -= conn.inbuf.capacity();
         let _ = self.core.registry.deregister(&mut conn.sock);
         if conn.ip_counted {
             self.core
@@ -327,9 +351,18 @@ impl<A: App> Shard<A> {
         let mut actions: Vec<(usize, TickAction)> = Vec::new();
         for (key, conn) in self.core.conns.iter() {
             let action = match conn.phase {
-                Phase::Http if !conn.awaiting_reply => (now.saturating_sub(conn.opened_ms)
+                // Counted from the last progress (a request, response bytes
+                // written), so a keep-alive connection is not cut mid-response.
+                Phase::Http if !conn.awaiting_reply => (now.saturating_sub(conn.progress_ms)
                     >= cfg.handshake_timeout_ms)
                     .then_some(TickAction::Drop(DisconnectReason::HandshakeTimeout)),
+                Phase::Ws
+                    if conn.partial_since_ms > 0
+                        && now.saturating_sub(conn.partial_since_ms)
+                            >= cfg.handshake_timeout_ms =>
+                {
+                    Some(TickAction::Incomplete)
+                }
                 Phase::Ws => {
                     let quiet_for = now.saturating_sub(conn.last_recv_ms);
                     let expired = conn
@@ -359,6 +392,12 @@ impl<A: App> Shard<A> {
         for (key, action) in actions {
             match action {
                 TickAction::Drop(reason) => self.remove(key, reason),
+                TickAction::Incomplete => self.core.close_ws(
+                    key,
+                    close_code::POLICY,
+                    "frame not completed in time",
+                    DisconnectReason::Policy,
+                ),
                 TickAction::Expire => self.core.close_ws(
                     key,
                     close_code::POLICY,
@@ -377,6 +416,8 @@ impl<A: App> Shard<A> {
 
 enum TickAction {
     Drop(DisconnectReason),
+    /// A started frame or fragmented message was not completed in time.
+    Incomplete,
     Expire,
     Ping,
 }

@@ -19,6 +19,13 @@ impl ChatApp {
         id: ReqId,
     ) {
         let has_store = self.store.enabled();
+        if !self.homes.contains_key(&room_name) {
+            // Every room with messages has a home (loaded at start, made by
+            // its first publish): an unknown name has none. Reading it
+            // creates nothing.
+            self.send_history(port, &room_name, reply, &id, &[], false);
+            return;
+        }
         let room = self.home_room_to_read(&room_name, port.shards());
         let first = room.first_in_ring();
         let committed = room.committed;

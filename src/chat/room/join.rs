@@ -1,20 +1,28 @@
-//! Joins and leaves at a room's home. A join with `since` replays what the
-//! client missed: from the ring when it still holds `since + 1`, else from
-//! the store first, page by page, until the replay reaches the ring. The
-//! join takes effect (member counted, `joined` + replay sent on the same
-//! FIFO channel as live frames) only then, so nothing is missed or doubled.
+//! Joins, paced replays and leaves at a room's home.
+//!
+//! A join with `since` replays what the client missed, one page at a time:
+//! the first page comes with `joined` (from the ring when it still holds
+//! `since + 1`, else read from the store first); each next page is asked
+//! for by the member shard once the client has drained the last, so the
+//! home never holds a whole backlog for one client, and a backlog of any
+//! size reaches a client that reads. The page that reaches the latest seq
+//! is marked done; live frames follow it on the same FIFO channel, so
+//! nothing is missed or doubled.
 
 use super::super::frames;
 use super::super::msg::{MemberMsg, UserMsg};
 use super::super::{ChatApp, ChatPort, NameJson, RoomName, Seq, UserId};
-use super::{store_unavailable, Presence, StoreOp};
+use super::{store_unavailable, HomeRoom, Presence, StoreOp};
 use crate::bus::ConnRef;
 use crate::protocol::ReqId;
 use crate::store::{RangeQuery, StoreError, StoredMessage};
 use bytes::Bytes;
 
-/// Messages fetched from the store per replay page.
-const REPLAY_PAGE: usize = 1000;
+/// Messages per replay page read from the store.
+const STORE_PAGE: usize = 100;
+/// Messages and bytes per replay page taken from the ring.
+const RING_PAGE: usize = 1000;
+const PAGE_BYTES: usize = 256 << 10;
 
 pub(in crate::chat) struct JoinRequest {
     pub conn: ConnRef,
@@ -26,15 +34,19 @@ pub(in crate::chat) struct JoinRequest {
     pub rejoin: bool,
 }
 
-/// A replay being read from the store.
-pub(in crate::chat) struct ReplayProgress {
+/// A join whose first replay page is being read from the store.
+pub(in crate::chat) struct FirstPage {
     room: RoomName,
     join: JoinRequest,
-    /// Replay gathered so far, in seq order.
-    got: Vec<Bytes>,
-    /// Highest seq covered so far (the replay starts after `since`).
-    upto: Seq,
-    recovered: Option<bool>,
+    /// `since` was beyond the latest seq: replayed from 0, not recovered.
+    reset: bool,
+}
+
+/// A later replay page being read from the store.
+pub(in crate::chat) struct NextPage {
+    room: RoomName,
+    conn: ConnRef,
+    after: Seq,
 }
 
 impl ChatApp {
@@ -42,47 +54,44 @@ impl ChatApp {
         &mut self,
         port: &mut ChatPort,
         room_name: RoomName,
-        join: JoinRequest,
+        mut join: JoinRequest,
     ) {
         let has_store = self.store.enabled();
         let room = self.home_room_to_read(&room_name, port.shards());
+        // A `since` beyond the latest seq comes from an older epoch: the
+        // client gets the whole new history (PROTOCOL 5.2).
+        let reset = join.since != u64::MAX && join.since > room.committed;
+        if reset {
+            join.since = 0;
+        }
         let since = join.since;
-        let recovered = since >= room.committed || since.saturating_add(1) >= room.first_in_ring();
-        if recovered || !has_store {
-            let replay: Vec<Bytes> = room
-                .ring
-                .iter()
-                .filter(|e| e.seq > since)
-                .map(|e| e.frame.clone())
-                .collect();
-            self.join_take_effect(port, &room_name, join, replay, recovered);
+        let in_ring = since >= room.committed || since.saturating_add(1) >= room.first_in_ring();
+        if in_ring || !has_store {
+            let (page, upto) = ring_page(room, since);
+            self.join_take_effect(port, &room_name, join, page, upto, in_ring && !reset);
             return;
         }
-        // Older than the ring: read the store first; the join takes effect
-        // when the replay has caught up with the ring.
+        // Older than the ring: the first page comes from the store.
         room.waiting.insert(join.conn, join.rejoin);
-        let before = room.first_in_ring();
-        let progress = ReplayProgress {
-            room: room_name.clone(),
-            upto: since,
-            got: Vec::new(),
-            recovered: None,
-            join,
-        };
         let q = RangeQuery {
             after: Some(since),
-            before: Some(before),
-            limit: REPLAY_PAGE,
+            before: Some(room.first_in_ring()),
+            limit: STORE_PAGE,
+        };
+        let first = FirstPage {
+            room: room_name.clone(),
+            join,
+            reset,
         };
         self.store
-            .start_range(port, &room_name, q, StoreOp::JoinReplay(progress));
+            .start_range(port, &room_name, q, StoreOp::FirstPage(first));
     }
 
-    /// One page of a join's replay came from the store.
-    pub(super) fn replay_read(
+    /// The first replay page of a join came from the store.
+    pub(super) fn first_page_read(
         &mut self,
         port: &mut ChatPort,
-        mut p: ReplayProgress,
+        p: FirstPage,
         result: Result<(Vec<StoredMessage>, bool), StoreError>,
     ) {
         let Some(home) = self.homes.get_mut(&p.room) else {
@@ -91,71 +100,112 @@ impl ChatApp {
         if !home.waiting.contains_key(&p.join.conn) {
             return; // left meanwhile
         }
-        let (msgs, has_more) = match result {
-            Ok(r) => r,
+        home.waiting.remove(&p.join.conn);
+        let msgs = match result {
+            Ok((msgs, _)) => msgs,
             Err(e) => {
-                home.waiting.remove(&p.join.conn);
                 tracing::warn!("replay read failed: {e}");
                 let msg = MemberMsg::JoinDone {
-                    room: p.room,
+                    room: p.room.clone(),
                     conn: p.join.conn,
                     frames: vec![frames::error(&p.join.id, &store_unavailable())],
                     last_seq: 0,
                     accepted: false,
+                    more: false,
                 };
                 self.router.to_conn_shard(port, p.join.conn, msg);
+                self.evict_if_unused(&p.room);
                 return;
             }
         };
-        if p.recovered.is_none() {
-            p.recovered = Some(msgs.first().is_some_and(|m| m.seq == p.upto + 1));
+        let since = p.join.since;
+        let recovered = !p.reset && msgs.first().is_some_and(|m| m.seq == since + 1);
+        let (page, upto) = store_page(home, since, &msgs);
+        self.join_take_effect(port, &p.room, p.join, page, upto, recovered);
+    }
+
+    /// The member shard asks for the next page of a paced replay.
+    pub(super) fn replay_more(
+        &mut self,
+        port: &mut ChatPort,
+        room_name: RoomName,
+        conn: ConnRef,
+        after: Seq,
+    ) {
+        let has_store = self.store.enabled();
+        let shards = port.shards();
+        if !self.homes.contains_key(&room_name) {
+            return; // gone: the member has left
         }
-        for m in &msgs {
-            p.got.push(frames::stored_message(m));
-            p.upto = m.seq;
+        let room = self.home_room_to_read(&room_name, shards);
+        if after >= room.committed || after.saturating_add(1) >= room.first_in_ring() || !has_store
+        {
+            let (frames, upto) = ring_page(room, after);
+            let done = upto >= room.committed;
+            let msg = replay_page(room_name, conn, after, frames, upto, done);
+            self.router.to_conn_shard(port, conn, msg);
+            return;
         }
-        let ring_first = home.first_in_ring();
-        if has_more || p.upto + 1 < ring_first {
-            if msgs.is_empty() && !has_more {
-                // The store has nothing more below the ring: what is missing
-                // was dropped by retention.
-                p.recovered = Some(false);
-                p.upto = ring_first - 1;
-            } else {
-                let q = RangeQuery {
-                    after: Some(p.upto),
-                    before: Some(ring_first),
-                    limit: REPLAY_PAGE,
-                };
-                let room = p.room.clone();
-                self.store
-                    .start_range(port, &room, q, StoreOp::JoinReplay(p));
-                return;
+        let q = RangeQuery {
+            after: Some(after),
+            before: Some(room.first_in_ring()),
+            limit: STORE_PAGE,
+        };
+        let next = NextPage {
+            room: room_name.clone(),
+            conn,
+            after,
+        };
+        self.store
+            .start_range(port, &room_name, q, StoreOp::NextPage(next));
+    }
+
+    /// A later replay page came from the store.
+    pub(super) fn next_page_read(
+        &mut self,
+        port: &mut ChatPort,
+        p: NextPage,
+        result: Result<(Vec<StoredMessage>, bool), StoreError>,
+    ) {
+        let Some(home) = self.homes.get(&p.room) else {
+            return;
+        };
+        let msg = match result {
+            Ok((msgs, _)) => {
+                let (frames, upto) = store_page(home, p.after, &msgs);
+                let done = upto >= home.committed;
+                replay_page(p.room, p.conn, p.after, frames, upto, done)
             }
-        }
-        home.waiting.remove(&p.join.conn);
-        let upto = p.upto;
-        p.got.extend(
-            home.ring
-                .iter()
-                .filter(|e| e.seq > upto)
-                .map(|e| e.frame.clone()),
-        );
-        let recovered = p.recovered.unwrap_or(false);
-        self.join_take_effect(port, &p.room, p.join, p.got, recovered);
+            Err(e) => {
+                tracing::warn!("replay read failed: {e}");
+                MemberMsg::ReplayPage {
+                    room: p.room,
+                    conn: p.conn,
+                    after: p.after,
+                    frames: Vec::new(),
+                    upto: p.after,
+                    done: false,
+                    failed: true,
+                }
+            }
+        };
+        self.router.to_conn_shard(port, p.conn, msg);
     }
 
     /// The join counts from now: register the member, announce the user,
-    /// and send `joined` + replay on the same channel the live frames use.
+    /// and send `joined` + the first replay page on the channel the live
+    /// frames use.
     fn join_take_effect(
         &mut self,
         port: &mut ChatPort,
         room_name: &RoomName,
         join: JoinRequest,
-        replay: Vec<Bytes>,
+        page: Vec<Bytes>,
+        upto: Seq,
         recovered: bool,
     ) {
         let room = self.home_room(room_name, port.shards());
+        room.last_active_ms = port.now_ms();
         let mut announce = None;
         if !join.rejoin {
             if room.dm.is_none() {
@@ -183,16 +233,18 @@ impl ChatApp {
             read: read.unwrap_or(0),
             recovered,
         });
-        let last_seq = room.committed;
-        let mut out = Vec::with_capacity(1 + replay.len());
+        let upto = upto.min(room.committed);
+        let more = upto < room.committed;
+        let mut out = Vec::with_capacity(1 + page.len());
         out.push(joined);
-        out.extend(replay);
+        out.extend(page);
         let msg = MemberMsg::JoinDone {
             room: room_name.clone(),
             conn: join.conn,
             frames: out,
-            last_seq,
+            last_seq: if more { upto } else { room.committed },
             accepted: true,
+            more,
         };
         self.router.to_conn_shard(port, join.conn, msg);
         let listing = UserMsg::Listing {
@@ -220,8 +272,10 @@ impl ChatApp {
         // Some(false): the join never took effect and the connection was not
         // counted. Some(true): a second join was pending; the first counts.
         if let Some(false) = room.waiting.remove(&conn) {
+            self.evict_if_unused(room_name);
             return;
         }
+        room.last_active_ms = port.now_ms();
         if room.dm.is_none() {
             if let Some(n) = room.shard_members.get_mut(conn.shard as usize) {
                 *n = n.saturating_sub(1);
@@ -243,6 +297,7 @@ impl ChatApp {
             frames::user_left(room_name, user),
             Some(user.clone()),
         );
+        self.evict_if_unused(room_name);
         if unlist {
             let msg = UserMsg::Listing {
                 user: user.clone(),
@@ -251,5 +306,55 @@ impl ChatApp {
             };
             self.router.to_user_home(port, user, msg);
         }
+    }
+}
+
+/// Frames after `after` from the ring, at most a page; and the seq reached.
+fn ring_page(room: &HomeRoom, after: Seq) -> (Vec<Bytes>, Seq) {
+    let first = room.first_in_ring();
+    let skip = usize::try_from(after.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
+    let mut frames = Vec::new();
+    let mut bytes = 0;
+    let mut upto = after.max(first.saturating_sub(1));
+    for e in room.ring.iter().skip(skip) {
+        if frames.len() >= RING_PAGE || bytes >= PAGE_BYTES {
+            break;
+        }
+        bytes += e.frame.len();
+        frames.push(e.frame.clone());
+        upto = e.seq;
+    }
+    (frames, upto.max(after))
+}
+
+/// A page read from the store as frames, and the seq it reaches. Nothing
+/// read below the ring means retention dropped it: the replay skips to the
+/// ring.
+fn store_page(room: &HomeRoom, after: Seq, msgs: &[StoredMessage]) -> (Vec<Bytes>, Seq) {
+    match msgs.last() {
+        Some(last) => (msgs.iter().map(frames::stored_message).collect(), last.seq),
+        None => (
+            Vec::new(),
+            room.first_in_ring().saturating_sub(1).max(after),
+        ),
+    }
+}
+
+fn replay_page(
+    room: RoomName,
+    conn: ConnRef,
+    after: Seq,
+    frames: Vec<Bytes>,
+    upto: Seq,
+    done: bool,
+) -> MemberMsg {
+    MemberMsg::ReplayPage {
+        room,
+        conn,
+        after,
+        frames,
+        upto,
+        done,
+        failed: false,
     }
 }

@@ -49,7 +49,8 @@ struct Presence {
 
 /// A store range read in flight and what it is for.
 pub(super) enum StoreOp {
-    JoinReplay(join::ReplayProgress),
+    FirstPage(join::FirstPage),
+    NextPage(join::NextPage),
     History {
         room: RoomName,
         reply: ReplyTo,
@@ -73,6 +74,8 @@ pub(super) struct HomeRoom {
     waiting: HashMap<ConnRef, bool>,
     /// The two participants of a DM room.
     dm: Option<(UserId, UserId)>,
+    /// Shard clock (ms) of the last publish, join or leave (idle sweep).
+    last_active_ms: u64,
 }
 
 impl HomeRoom {
@@ -88,6 +91,9 @@ impl HomeRoom {
         }
     }
 }
+
+/// How long a room without members keeps its ring (with a store).
+const IDLE_RING_MS: u64 = 60_000;
 
 fn new_epoch() -> Arc<str> {
     format!("{:016x}", rand::random::<u64>()).into()
@@ -142,6 +148,7 @@ impl ChatApp {
                 };
                 self.home_history(port, room, reply, q, id);
             }
+            HomeMsg::ReplayMore { room, conn, after } => self.replay_more(port, room, conn, after),
             HomeMsg::Presence { room, conn, id } => self.home_presence(port, &room, conn, &id),
             HomeMsg::Typing { room, user } => {
                 let frame = frames::typing(&room, &user);
@@ -170,7 +177,38 @@ impl ChatApp {
             pending: VecDeque::new(),
             waiting: HashMap::new(),
             dm,
+            last_active_ms: 0,
         })
+    }
+
+    /// Forgets a room nobody uses that never had a message: joining or
+    /// reading a made-up name leaves nothing behind.
+    pub(super) fn evict_if_unused(&mut self, room: &RoomName) {
+        let unused = self.homes.get(room).is_some_and(|h| {
+            h.committed == 0
+                && h.next_seq == 1
+                && h.users.is_empty()
+                && h.pending.is_empty()
+                && h.waiting.is_empty()
+        });
+        if unused {
+            self.homes.remove(room);
+        }
+    }
+
+    /// Idle rooms give their ring back when the store holds their history:
+    /// replay and history then read the store. Rooms with members, pending
+    /// messages or recent traffic keep it.
+    pub(super) fn sweep_idle_rooms(&mut self, now_ms: u64) {
+        if !self.store.enabled() {
+            return;
+        }
+        for room in self.homes.values_mut() {
+            let idle = now_ms.saturating_sub(room.last_active_ms) >= IDLE_RING_MS;
+            if idle && room.users.is_empty() && room.pending.is_empty() && !room.ring.is_empty() {
+                room.ring = VecDeque::new();
+            }
+        }
     }
 
     fn home_room(&mut self, room: &RoomName, shards: usize) -> &mut HomeRoom {
@@ -203,6 +241,7 @@ impl ChatApp {
         let ts = now_unix_ms();
         let stored = self.store.enabled();
         let room = self.home_room(&req.room, port.shards());
+        room.last_active_ms = port.now_ms();
         let seq = room.next_seq;
         room.next_seq += 1;
         let (frame, hdr) = frames::message(&MessageFields {
@@ -385,7 +424,8 @@ impl ChatApp {
             Some(StoreOp::History { room, reply, id }) => {
                 self.history_read(port, &room, reply, &id, result)
             }
-            Some(StoreOp::JoinReplay(progress)) => self.replay_read(port, progress, result),
+            Some(StoreOp::FirstPage(p)) => self.first_page_read(port, p, result),
+            Some(StoreOp::NextPage(p)) => self.next_page_read(port, p, result),
             None => {}
         }
     }

@@ -38,10 +38,11 @@ impl ChatApp {
         };
         let seq = seq.min(room.committed);
         let marker = room.read.entry(user.clone()).or_insert(0);
-        if seq > *marker {
-            *marker = seq;
-            self.store.set_read(&user, &room_name, seq);
+        if seq <= *marker {
+            return; // changes nothing: tells nobody (PROTOCOL 4)
         }
+        *marker = seq;
+        self.store.set_read(&user, &room_name, seq);
         let frame = frames::read(&room_name, &user, seq);
         self.broadcast(port, &room_name, frame, Some(user));
     }
