@@ -274,9 +274,6 @@ fn resume_reports_not_recovered_when_history_was_dropped() {
 /// from an older epoch, so the server treats it as 0: the whole history is
 /// replayed, with `recovered: false`.
 #[test]
-#[ignore = "server bug: join with since > the room's latest seq answers recovered:true and \
-            replays nothing (chat.rs home_join: `since >= room.committed` counts it as \
-            recovered); PROTOCOL.md 5.2 says treat it as 0: replay all, recovered:false"]
 fn since_beyond_the_latest_seq_replays_everything() {
     for store in ["memory", "sqlite"] {
         let dir = tempdir();
@@ -1070,10 +1067,6 @@ fn slow_consumer_is_closed_1013_while_fast_members_get_everything() {
 /// the server's 2 s grace for a closing connection), then reads: the close
 /// frame with 1013 must still be there.
 #[test]
-#[ignore = "server bug: the 1013 close frame stays in the server's user-space queue while the \
-            socket is full and is dropped with the connection when the 2 s close grace \
-            (CLOSE_GRACE_MS) ends; a client that reads after that sees the stream end without \
-            a close frame"]
 fn slow_consumer_that_reads_late_still_finds_the_1013_close_frame() {
     slow_consumer_flood(Duration::from_secs(3));
 }
