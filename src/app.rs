@@ -26,6 +26,8 @@ pub trait Port<M, S> {
     fn now_ms(&self) -> u64;
     fn config(&self) -> &Config;
     fn metrics(&self) -> &ShardMetrics;
+    /// The peer's address (admission and per-address limits).
+    fn peer_ip(&self, key: usize) -> Option<std::net::IpAddr>;
     /// A reference to a local connection that other shards can hold.
     fn conn_ref(&self, key: usize) -> ConnRef;
     /// The local key of a connection, if `r` still names a live one.

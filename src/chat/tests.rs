@@ -54,6 +54,9 @@ impl Port<ChatMsg, Session> for TestPort {
     fn metrics(&self) -> &ShardMetrics {
         &self.metrics
     }
+    fn peer_ip(&self, _: usize) -> Option<std::net::IpAddr> {
+        Some(std::net::Ipv4Addr::LOCALHOST.into())
+    }
     fn conn_ref(&self, key: usize) -> ConnRef {
         ConnRef {
             shard: self.shard as u32,

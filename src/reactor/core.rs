@@ -197,6 +197,10 @@ impl<M, S> Port<M, S> for Core<M, S> {
         &self.metrics
     }
 
+    fn peer_ip(&self, key: usize) -> Option<std::net::IpAddr> {
+        self.conns.get(key).map(|c| c.ip)
+    }
+
     fn conn_ref(&self, key: usize) -> ConnRef {
         ConnRef {
             shard: self.shard as u32,
