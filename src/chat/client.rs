@@ -336,7 +336,7 @@ impl ChatApp {
         let room: RoomName = protocol::dm_room(&who.user, to).into();
         // A conversation this connection has not joined may be a new one
         // (even with a made-up user): budgeted like a join.
-        if !port.session(key).is_some_and(|s| s.joined(&room).is_some()) {
+        if port.session(key).is_none_or(|s| s.joined(&room).is_none()) {
             self.churn_limit(port, key)?;
         }
         self.send_publish(port, room, who, body, id);
