@@ -44,9 +44,38 @@ pub struct Core<M, S> {
     pub(super) held_input: usize,
     /// Connections whose queue drained after `notify_drained`.
     pub(super) drained: Vec<usize>,
+    /// Rejected upgrades are logged at most once a second per shard.
+    pub(super) last_refusal_log_ms: u64,
+    pub(super) refusals_unlogged: u64,
 }
 
+/// Shortest interval between two logged upgrade refusals on a shard.
+const REFUSAL_LOG_INTERVAL_MS: u64 = 1000;
+
 impl<M, S> Core<M, S> {
+    /// Logs a refused upgrade (status, reason, address; never the token),
+    /// at most once a second, with how many were not logged since.
+    pub(super) fn log_refusal(&mut self, key: usize, resp: &Response) {
+        if self.now_ms < self.last_refusal_log_ms + REFUSAL_LOG_INTERVAL_MS
+            && self.last_refusal_log_ms > 0
+        {
+            self.refusals_unlogged += 1;
+            return;
+        }
+        self.last_refusal_log_ms = self.now_ms.max(1);
+        let ip = self.conns.get(key).map(|c| c.ip);
+        let reason = String::from_utf8_lossy(&resp.body);
+        tracing::info!(
+            shard = self.shard,
+            ip = ?ip,
+            status = resp.status,
+            reason = %reason,
+            not_logged_since = self.refusals_unlogged,
+            "upgrade refused"
+        );
+        self.refusals_unlogged = 0;
+    }
+
     /// Asks for the connection's queue to be written at the end of the turn.
     pub(super) fn mark_dirty(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key) {

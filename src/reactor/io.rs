@@ -263,6 +263,7 @@ impl<A: App> Shard<A> {
         let cfg = self.core.shared.cfg.clone();
         let refuse = |core: &mut Core<A::Msg, A::Session>, resp: Response| {
             metrics::inc(&core.metrics.rejected_upgrades);
+            core.log_refusal(key, &resp);
             core.conns[key].keep_alive = false;
             core.reply_http(key, resp);
         };

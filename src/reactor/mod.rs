@@ -109,6 +109,8 @@ impl<A: App> Shard<A> {
                 pause_bytes: (cfg.max_outbound_bytes / 4).clamp(16 << 10, 256 << 10),
                 held_input: 0,
                 drained: Vec::new(),
+                last_refusal_log_ms: 0,
+                refusals_unlogged: 0,
             },
             app,
             poll,
