@@ -21,6 +21,7 @@ fn config(path: &Path, durability: Durability) -> StoreConfig {
         // Tests trigger retention through the hook, never by timer.
         retention_interval: Duration::from_secs(3600),
         queue_capacity: 1024,
+        read_queue_capacity: 1024,
     }
 }
 
@@ -757,6 +758,164 @@ fn full_queue_answers_busy_immediately() {
     release_tx.send(()).unwrap();
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), vec![Ok(())]);
     store.shutdown().unwrap();
+}
+
+/// A range reply that sends its result to `tx`.
+fn range_to(
+    h: &StoreHandle,
+    room: &str,
+    q: RangeQuery,
+    tx: &mpsc::Sender<Result<(Vec<StoredMessage>, bool), StoreError>>,
+) {
+    let tx = tx.clone();
+    h.range(
+        room.to_owned(),
+        q,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+}
+
+#[test]
+fn read_flood_answers_busy_while_appends_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("c.db"), Durability::Relaxed);
+    cfg.read_queue_capacity = 8;
+    let (store, h) = SqliteStore::open(cfg).unwrap();
+    append_ok(&h, "r", 1..=10);
+    let first_ten = RangeQuery {
+        after: Some(0),
+        before: Some(11),
+        limit: 100,
+    };
+    // Park the reader thread inside a reply so its lane cannot drain.
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    h.range(
+        "r".into(),
+        first_ten,
+        Box::new(move |r| {
+            entered_tx.send(r).unwrap();
+            let _ = release_rx.recv();
+        }),
+    );
+    let (parked, _) = entered_rx.recv_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(parked.len(), 10);
+
+    // Flood the read lane until it answers Busy, at once, on this thread.
+    let (tx, rx) = mpsc::channel();
+    let mut queued = 0;
+    loop {
+        range_to(&h, "r", first_ten, &tx);
+        match rx.try_recv() {
+            Ok(r) => {
+                assert_eq!(r, Err(StoreError::Busy));
+                break;
+            }
+            Err(_) => queued += 1,
+        }
+    }
+    assert_eq!(queued, 8, "the read lane holds read_queue_capacity reads");
+
+    // With the read lane full and its thread stuck, appends still commit,
+    // and every further read keeps answering Busy.
+    let commits = h.commits();
+    for batch in 0..20u64 {
+        append_ok(&h, "r", 11 + batch * 10..=20 + batch * 10);
+        range_to(&h, "r", first_ten, &tx);
+        assert_eq!(rx.try_recv().unwrap(), Err(StoreError::Busy));
+    }
+    assert!(h.commits() >= commits + 20);
+    assert!(h.is_available());
+    assert_eq!(h.queued(), 0);
+
+    // Released, the lane answers every queued read with the right rows.
+    release_tx.send(()).unwrap();
+    for _ in 0..queued {
+        let (msgs, more) = rx.recv_timeout(WAIT).unwrap().unwrap();
+        assert!(!more);
+        assert_eq!(msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), seqs(1..=10));
+        assert_eq!(msgs[3], msg("r", 4, "{\"n\":4}"));
+    }
+    // ...and a new read sees every committed append.
+    assert_eq!(range(&h, "r", None, None, 5), (seqs(206..=210), true));
+    assert_eq!(range(&h, "r", Some(0), None, 1000).0, seqs(1..=210));
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn appends_commit_under_a_concurrent_read_flood() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("c.db"), Durability::Relaxed);
+    cfg.read_queue_capacity = 16;
+    let (store, h) = SqliteStore::open(cfg).unwrap();
+    append_ok(&h, "r", 1..=5);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Like thousands of `history` requests: fire reads without waiting.
+    let flood = {
+        let h = h.clone();
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let (tx, rx) = mpsc::channel();
+            let (mut sent, mut ok, mut busy) = (0u64, 0u64, 0u64);
+            let mut check = |r: Result<(Vec<StoredMessage>, bool), StoreError>| match r {
+                Ok((msgs, _)) => {
+                    // The latest committed messages, contiguous.
+                    let got: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+                    let last = *got.last().unwrap();
+                    assert_eq!(got, seqs(last.saturating_sub(49).max(1)..=last));
+                    ok += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e, StoreError::Busy);
+                    busy += 1;
+                }
+            };
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let q = RangeQuery {
+                    after: None,
+                    before: None,
+                    limit: 50,
+                };
+                range_to(&h, "r", q, &tx);
+                sent += 1;
+                while let Ok(r) = rx.try_recv() {
+                    check(r);
+                }
+            }
+            drop(tx);
+            while let Ok(r) = rx.recv_timeout(WAIT) {
+                check(r);
+            }
+            assert_eq!(ok + busy, sent, "every read was answered");
+            (ok, busy)
+        })
+    };
+    for seq in 6..=305 {
+        append_ok(&h, "r", seq..=seq);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, _busy) = flood.join().unwrap();
+    assert!(ok > 0);
+    assert!(h.is_available());
+    assert_eq!(range(&h, "r", Some(0), None, 1000).0, seqs(1..=305));
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn range_after_shutdown_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, h) =
+        SqliteStore::open(config(&dir.path().join("c.db"), Durability::Relaxed)).unwrap();
+    append_ok(&h, "r", 1..=3);
+    store.shutdown().unwrap();
+    let (tx, rx) = mpsc::channel();
+    range_to(&h, "r", RangeQuery::default(), &tx);
+    assert!(matches!(
+        rx.recv_timeout(WAIT).unwrap(),
+        Err(StoreError::Unavailable(_))
+    ));
 }
 
 #[test]

@@ -1,9 +1,13 @@
-//! SQLite implementation of the store: one writer thread, group commit,
-//! WAL journal.
+//! SQLite implementation of the store, WAL journal, in lanes:
 //!
-//! The thread keeps every room's committed `last_seq` in memory and checks
-//! each append against it, so the table can never get a gap or a duplicate,
-//! even when a shard retries after a failed commit.
+//! - [`writer`]: the store thread, the only writer: appends with group
+//!   commit, read markers, retention ([`retention`]), failure and recovery;
+//! - [`reader`]: range reads on their own thread, read-only connection and
+//!   bounded queue, so a flood of history requests cannot delay an ack;
+//! - [`checkpoint`]: WAL checkpoints off the writer's path;
+//! - [`schema`]: opening, pragmas, migrations.
+//!
+//! This file holds the handles and the requests they queue.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -22,6 +26,7 @@ mod schema;
 mod writer;
 
 use checkpoint::Checkpointer;
+use reader::{RangeReq, ReadRequest, Reader};
 use writer::Worker;
 
 /// State shared lock-free between the store thread and every handle.
@@ -47,12 +52,13 @@ pub struct SqliteStore {
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: Sender<Request>,
+    /// The read lane: range reads never wait behind appends.
+    read_tx: Sender<ReadRequest>,
     shared: Arc<Shared>,
 }
 
 enum Request {
     Append(AppendReq),
-    Range(RangeReq),
     SetRead {
         user: String,
         room: String,
@@ -74,7 +80,6 @@ enum Request {
 pub type ReadMarker = (String, String, u64, bool);
 
 type AppendResults = Vec<Result<(), StoreError>>;
-type RangeResult = Result<(Vec<StoredMessage>, bool), StoreError>;
 
 fn stopped() -> StoreError {
     StoreError::Unavailable("store stopped".into())
@@ -127,26 +132,6 @@ impl Drop for AppendReq {
     }
 }
 
-struct RangeReq {
-    room: String,
-    q: RangeQuery,
-    reply: Option<Reply<RangeResult>>,
-}
-
-impl RangeReq {
-    fn finish(&mut self, result: RangeResult) {
-        if let Some(reply) = self.reply.take() {
-            call_reply(reply, result);
-        }
-    }
-}
-
-impl Drop for RangeReq {
-    fn drop(&mut self) {
-        self.finish(Err(stopped()));
-    }
-}
-
 impl SqliteStore {
     /// Opens/creates the file (creating parent dirs), applies migrations,
     /// spawns the store thread.
@@ -161,13 +146,15 @@ impl SqliteStore {
         // A zero-capacity crossbeam channel is a rendezvous: every try_send
         // would fail, so keep at least one slot.
         let (tx, rx) = bounded(cfg.queue_capacity.max(1));
-        let worker = Worker::new(&cfg, conn, rx, Arc::clone(&shared), checkpointer)?;
+        let (reader, read_tx) = Reader::start(&cfg)?;
+        let worker = Worker::new(&cfg, conn, rx, Arc::clone(&shared), checkpointer, reader)?;
         let thread = std::thread::Builder::new()
             .name("corechat-store".into())
             .spawn(move || worker.run())
             .map_err(|e| StoreError::Unavailable(format!("spawn store thread: {e}")))?;
         let handle = StoreHandle {
             tx: tx.clone(),
+            read_tx,
             shared: Arc::clone(&shared),
         };
         Ok((
@@ -267,9 +254,11 @@ impl StoreHandle {
         }
     }
 
-    /// Range read for history/resume, answered on the store thread through
-    /// `reply`. Sees committed messages only: appends still waiting for their
-    /// group commit are not included. A full queue answers `Err(Busy)` at
+    /// Range read for history/resume, answered through `reply` on the
+    /// store's reader thread, which has its own connection and its own
+    /// bounded queue, so reads never delay appends (nor appends reads).
+    /// Sees committed messages only: appends still waiting for their group
+    /// commit are not included. A full read queue answers `Err(Busy)` at
     /// once on the caller's thread.
     pub fn range(
         &self,
@@ -277,18 +266,14 @@ impl StoreHandle {
         q: RangeQuery,
         reply: Reply<Result<(Vec<StoredMessage>, bool), StoreError>>,
     ) {
-        let req = RangeReq {
-            room,
-            q,
-            reply: Some(reply),
-        };
-        if let Err(e) = self.tx.try_send(Request::Range(req)) {
+        let req = RangeReq::new(room, q, reply);
+        if let Err(e) = self.read_tx.try_send(ReadRequest::Range(req)) {
             let err = if e.is_full() {
                 StoreError::Busy
             } else {
                 stopped()
             };
-            if let Request::Range(mut req) = e.into_inner() {
+            if let ReadRequest::Range(mut req) = e.into_inner() {
                 req.finish(Err(err));
             }
         }

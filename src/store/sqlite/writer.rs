@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 
 use super::checkpoint::Checkpointer;
-use super::reader::{query_range, read_markers};
+use super::reader::{read_markers, Reader};
 use super::retention::Retention;
 use super::{bound, from_i64, to_i64, AppendReq, AppendResults, Request, Shared};
 use crate::store::{RoomState, StoreConfig, StoreError};
@@ -97,6 +97,8 @@ pub(super) struct Worker {
     /// Read markers not yet committed; kept across a failed commit.
     pending_reads: HashMap<(String, String), MarkerUpdate>,
     checkpointer: Option<Checkpointer>,
+    /// Stopped before this thread's connection closes (see [`Reader`]).
+    reader: Option<Reader>,
     stopping: bool,
     /// When the store last turned unavailable (drives the probe).
     failed_at: Option<Instant>,
@@ -125,6 +127,7 @@ impl Worker {
         rx: Receiver<Request>,
         shared: Arc<Shared>,
         checkpointer: Checkpointer,
+        reader: Reader,
     ) -> Result<Worker, StoreError> {
         let rooms = load_room_map(&conn)?;
         Ok(Worker {
@@ -137,6 +140,7 @@ impl Worker {
             retention: Retention::new(cfg),
             pending_reads: HashMap::new(),
             checkpointer: Some(checkpointer),
+            reader: Some(reader),
             stopping: false,
             failed_at: None,
             last_error: None,
@@ -209,14 +213,6 @@ impl Worker {
             Request::Append(a) => {
                 batch.msgs += a.msgs.len();
                 batch.appends.push(a);
-            }
-            Request::Range(mut r) => {
-                let result = if self.rooms.contains_key(&r.room) {
-                    query_range(&self.conn, &r.room, r.q)
-                } else {
-                    Ok((Vec::new(), false))
-                };
-                r.finish(result);
             }
             Request::SetRead { user, room, seq } => {
                 let slot = self.pending_reads.entry((user, room)).or_default();
@@ -465,6 +461,9 @@ impl Worker {
             }
         }
         self.commit(batch);
+        if let Some(r) = self.reader.take() {
+            r.stop();
+        }
         if let Some(c) = self.checkpointer.take() {
             c.stop();
         }
