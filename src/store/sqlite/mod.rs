@@ -173,7 +173,10 @@ impl SqliteStore {
     }
 
     /// Synchronous, at start-up only: all read markers (user, room, seq,
-    /// listed).
+    /// listed). What bounds it: the retention pass deletes the rows that
+    /// carry nothing (unlisted, in a room that never had a message), so it
+    /// holds each user's rooms list plus read positions in rooms with
+    /// history, not every room name ever joined and left.
     pub fn load_read_markers(&self) -> Result<Vec<ReadMarker>, StoreError> {
         self.ask(Request::LoadReadMarkers)
     }
@@ -324,8 +327,8 @@ impl StoreHandle {
         ask(&self.tx, |atx| Request::MaxPageCount(pages, atx))
     }
 
-    /// Test/admin hook, blocking: runs a whole retention pass now. Returns
-    /// the number of messages deleted.
+    /// Test/admin hook, blocking: runs a whole retention pass now, the
+    /// read-marker sweep included. Returns the number of messages deleted.
     pub fn run_retention_for_test(&self) -> Result<u64, StoreError> {
         ask(&self.tx, Request::Retention)
     }

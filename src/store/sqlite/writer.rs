@@ -163,7 +163,7 @@ impl Worker {
     }
 
     /// Waits for work, but never past the next timer, and not at all while a
-    /// retention pass has rooms left (it runs in the gaps).
+    /// retention pass has work left (it runs in the gaps).
     fn next_request(&mut self) -> Next {
         if self.retention.in_pass() {
             return match self.rx.try_recv() {
@@ -174,14 +174,9 @@ impl Worker {
         }
         let mut wake = self.retention.wake_at();
         if let Some(failed) = self.failed_at {
-            let probe = failed + PROBE_INTERVAL;
-            wake = Some(wake.map_or(probe, |w| w.min(probe)));
+            wake = wake.min(failed + PROBE_INTERVAL);
         }
-        let got = match wake {
-            Some(at) => self.rx.recv_deadline(at),
-            None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match got {
+        match self.rx.recv_deadline(wake) {
             Ok(req) => Next::Request(req),
             Err(RecvTimeoutError::Timeout) => Next::Idle,
             Err(RecvTimeoutError::Disconnected) => Next::Closed,
@@ -189,8 +184,9 @@ impl Worker {
     }
 
     /// Group commit: starting from `first`, keeps collecting until
-    /// `batch_max` messages or `batch_delay`, serving reads on the way, then
-    /// writes everything in one transaction.
+    /// `batch_max` messages or `batch_delay`, taking read markers and
+    /// control requests on the way, then writes everything in one
+    /// transaction.
     fn batch_from(&mut self, first: Request) {
         let mut batch = Batch::default();
         self.dispatch(first, &mut batch);
