@@ -551,8 +551,7 @@ fn marker(user: &str, room: &str, seq: u64, listed: bool) -> (String, String, u6
 #[test]
 fn retention_sweeps_unlisted_markers_of_rooms_without_a_row() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.db");
-    let mut cfg = config(&path, Durability::Relaxed);
+    let mut cfg = config(&dir.path().join("m.db"), Durability::Relaxed);
     cfg.queue_capacity = 10_000;
     cfg.retention_messages = Some(1);
     let (store, h) = SqliteStore::open(cfg.clone()).unwrap();
@@ -864,13 +863,20 @@ fn range_to(
     );
 }
 
+/// A store whose read lane holds `capacity` reads, with messages 1..=`n`
+/// in room "r".
+fn open_with_read_lane(dir: &Path, capacity: usize, n: u64) -> (SqliteStore, StoreHandle) {
+    let mut cfg = config(&dir.join("c.db"), Durability::Relaxed);
+    cfg.read_queue_capacity = capacity;
+    let (store, h) = SqliteStore::open(cfg).unwrap();
+    append_ok(&h, "r", 1..=n);
+    (store, h)
+}
+
 #[test]
 fn read_flood_answers_busy_while_appends_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(&dir.path().join("c.db"), Durability::Relaxed);
-    cfg.read_queue_capacity = 8;
-    let (store, h) = SqliteStore::open(cfg).unwrap();
-    append_ok(&h, "r", 1..=10);
+    let (store, h) = open_with_read_lane(dir.path(), 8, 10);
     let first_ten = RangeQuery {
         after: Some(0),
         before: Some(11),
@@ -929,15 +935,18 @@ fn read_flood_answers_busy_while_appends_commit() {
     assert_eq!(range(&h, "r", None, None, 5), (seqs(206..=210), true));
     assert_eq!(range(&h, "r", Some(0), None, 1000).0, seqs(1..=210));
     store.shutdown().unwrap();
+    // The writer stopped the read lane with it.
+    range_to(&h, "r", first_ten, &tx);
+    assert!(matches!(
+        rx.recv_timeout(WAIT).unwrap(),
+        Err(StoreError::Unavailable(_))
+    ));
 }
 
 #[test]
 fn appends_commit_under_a_concurrent_read_flood() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(&dir.path().join("c.db"), Durability::Relaxed);
-    cfg.read_queue_capacity = 16;
-    let (store, h) = SqliteStore::open(cfg).unwrap();
-    append_ok(&h, "r", 1..=5);
+    let (store, h) = open_with_read_lane(dir.path(), 16, 5);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Like thousands of `history` requests: fire reads without waiting.
     let flood = {
@@ -988,21 +997,6 @@ fn appends_commit_under_a_concurrent_read_flood() {
     assert!(h.is_available());
     assert_eq!(range(&h, "r", Some(0), None, 1000).0, seqs(1..=305));
     store.shutdown().unwrap();
-}
-
-#[test]
-fn range_after_shutdown_is_unavailable() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, h) =
-        SqliteStore::open(config(&dir.path().join("c.db"), Durability::Relaxed)).unwrap();
-    append_ok(&h, "r", 1..=3);
-    store.shutdown().unwrap();
-    let (tx, rx) = mpsc::channel();
-    range_to(&h, "r", RangeQuery::default(), &tx);
-    assert!(matches!(
-        rx.recv_timeout(WAIT).unwrap(),
-        Err(StoreError::Unavailable(_))
-    ));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, Sender, TrySendError};
 
 use super::{RangeQuery, Reply, RoomState, StoreConfig, StoreError, StoredMessage};
 
@@ -83,6 +83,15 @@ type AppendResults = Vec<Result<(), StoreError>>;
 
 fn stopped() -> StoreError {
     StoreError::Unavailable("store stopped".into())
+}
+
+/// Why a queue refused a request: full (`Busy`) or its thread is gone.
+fn refused<T>(e: &TrySendError<T>) -> StoreError {
+    if e.is_full() {
+        StoreError::Busy
+    } else {
+        stopped()
+    }
 }
 
 /// Runs a reply without letting a panicking callback kill the store thread.
@@ -246,11 +255,7 @@ impl StoreHandle {
             shared: Arc::clone(&self.shared),
         };
         if let Err(e) = self.tx.try_send(Request::Append(req)) {
-            let err = if e.is_full() {
-                StoreError::Busy
-            } else {
-                stopped()
-            };
+            let err = refused(&e);
             if let Request::Append(mut req) = e.into_inner() {
                 req.fail_all(err);
             }
@@ -271,11 +276,7 @@ impl StoreHandle {
     ) {
         let req = RangeReq::new(room, q, reply);
         if let Err(e) = self.read_tx.try_send(ReadRequest::Range(req)) {
-            let err = if e.is_full() {
-                StoreError::Busy
-            } else {
-                stopped()
-            };
+            let err = refused(&e);
             if let ReadRequest::Range(mut req) = e.into_inner() {
                 req.finish(Err(err));
             }
