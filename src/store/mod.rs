@@ -1,9 +1,12 @@
 //! Durable message store.
 //!
-//! One dedicated thread owns the SQLite connection. Reactor shards never
-//! touch the disk: they queue requests through a cheap [`StoreHandle`] and
-//! get completions back through callbacks ([`Reply`]) run on the store
-//! thread, so a slow fsync can never stall an event loop.
+//! One dedicated thread owns the SQLite write connection; range reads have
+//! a lane of their own (a reader thread with a read-only connection and its
+//! own bounded queue), so a flood of history requests cannot delay appends.
+//! Reactor shards never touch the disk: they queue requests through a cheap
+//! [`StoreHandle`] and get completions back through callbacks ([`Reply`])
+//! run on the store's threads, so a slow fsync can never stall an event
+//! loop.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,7 +18,7 @@ mod tests;
 
 pub use sqlite::{SqliteStore, StoreHandle};
 
-/// Completion callback. Runs on the store thread (or, for an immediate
+/// Completion callback. Runs on a store thread (or, for an immediate
 /// rejection such as [`StoreError::Busy`], on the caller's thread), so it
 /// must be quick: typically it pushes onto a shard's channel and wakes it.
 pub type Reply<T> = Box<dyn FnOnce(T) + Send + 'static>;
@@ -67,8 +70,11 @@ pub struct StoreConfig {
     pub retention_age: Option<Duration>,
     /// How often the retention pass starts.
     pub retention_interval: Duration,
-    /// Capacity of the request queue (requests, not messages).
+    /// Capacity of the writer's request queue (requests, not messages).
     pub queue_capacity: usize,
+    /// Capacity of the read lane's queue (range reads). When it is full a
+    /// read answers `Busy` at once; appends are not affected.
+    pub read_queue_capacity: usize,
 }
 
 impl StoreConfig {
@@ -84,6 +90,7 @@ impl StoreConfig {
             retention_age: None,
             retention_interval: Duration::from_secs(60),
             queue_capacity: 65_536,
+            read_queue_capacity: 1024,
         }
     }
 }
@@ -100,7 +107,8 @@ pub enum StoreError {
         expected: u64,
         got: u64,
     },
-    /// The request queue is full; nothing was queued.
+    /// The request queue (the writer's, or the read lane's for a range
+    /// read) is full; nothing was queued.
     #[error("store queue full")]
     Busy,
     /// The request itself is unusable (e.g. a new room without an epoch,

@@ -21,6 +21,7 @@ fn config(path: &Path, durability: Durability) -> StoreConfig {
         // Tests trigger retention through the hook, never by timer.
         retention_interval: Duration::from_secs(3600),
         queue_capacity: 1024,
+        read_queue_capacity: 1024,
     }
 }
 
@@ -537,6 +538,92 @@ fn room_listing_survives_reopen_and_keeps_the_read_position() {
     store.shutdown().unwrap();
 }
 
+fn sorted_markers(store: &SqliteStore) -> Vec<(String, String, u64, bool)> {
+    let mut marks = store.load_read_markers().unwrap();
+    marks.sort();
+    marks
+}
+
+fn marker(user: &str, room: &str, seq: u64, listed: bool) -> (String, String, u64, bool) {
+    (user.to_owned(), room.to_owned(), seq, listed)
+}
+
+#[test]
+fn retention_sweeps_unlisted_markers_of_rooms_without_a_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("m.db"), Durability::Relaxed);
+    cfg.queue_capacity = 10_000;
+    cfg.retention_messages = Some(1);
+    let (store, h) = SqliteStore::open(cfg.clone()).unwrap();
+    append_ok(&h, "talk", 1..=3);
+    // Joined and left 2,500 rooms nobody ever posted in: more rows than
+    // one sweep transaction visits.
+    for i in 0..2500 {
+        h.set_listed("spam".into(), format!("empty-{i:04}"), false);
+    }
+    // Listed, room without messages: the user's rooms list, kept.
+    h.set_listed("u".into(), "quiet".into(), true);
+    // Left a room that has history: the read position is kept.
+    h.set_read("u".into(), "talk".into(), 2);
+    h.set_listed("u".into(), "talk".into(), false);
+    h.set_listed("v".into(), "talk".into(), true);
+    h.set_listed("w".into(), "nothing".into(), false);
+    // The append's round trip commits every marker queued before it.
+    append_ok(&h, "talk", 4..=4);
+    assert_eq!(store.load_read_markers().unwrap().len(), 2500 + 4);
+
+    // The pass trims "talk" down to its last message, then the markers.
+    assert_eq!(h.run_retention_for_test().unwrap(), 3);
+    let kept = vec![
+        marker("u", "quiet", 0, true),
+        marker("u", "talk", 2, false),
+        marker("v", "talk", 0, true),
+    ];
+    assert_eq!(sorted_markers(&store), kept);
+    assert_eq!(h.run_retention_for_test().unwrap(), 0);
+    assert_eq!(sorted_markers(&store), kept);
+    // Still a working marker table: positions keep growing, listing again.
+    h.set_read("u".into(), "talk".into(), 4);
+    h.set_listed("u".into(), "talk".into(), true);
+    append_ok(&h, "talk", 5..=5);
+    store.shutdown().unwrap();
+
+    // Without message retention the periodic pass still sweeps markers.
+    cfg.retention_messages = None;
+    let (store, h) = SqliteStore::open(cfg).unwrap();
+    let kept = vec![
+        marker("u", "quiet", 0, true),
+        marker("u", "talk", 4, true),
+        marker("v", "talk", 0, true),
+    ];
+    assert_eq!(sorted_markers(&store), kept);
+    h.set_listed("u".into(), "quiet".into(), false);
+    append_ok(&h, "talk", 6..=6);
+    assert_eq!(h.run_retention_for_test().unwrap(), 0);
+    assert_eq!(sorted_markers(&store), kept[1..].to_vec());
+    assert_eq!(range(&h, "talk", Some(0), None, 10), (seqs(4..=6), false));
+    store.shutdown().unwrap();
+}
+
+#[test]
+fn periodic_pass_sweeps_markers_without_message_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("p.db"), Durability::Relaxed);
+    cfg.retention_interval = Duration::from_millis(20);
+    let (store, h) = SqliteStore::open(cfg).unwrap();
+    h.set_listed("u".into(), "empty".into(), false);
+    h.set_listed("u".into(), "kept".into(), true);
+    append_ok(&h, "r", 1..=1);
+    let mut waited = Duration::ZERO;
+    while sorted_markers(&store) != vec![marker("u", "kept", 0, true)] {
+        assert!(waited < WAIT, "the timer-driven pass never swept");
+        thread::sleep(Duration::from_millis(20));
+        waited += Duration::from_millis(20);
+    }
+    assert_eq!(range(&h, "r", None, None, 10), (vec![1], false));
+    store.shutdown().unwrap();
+}
+
 #[test]
 fn retention_by_count_keeps_last_seq() {
     let dir = tempfile::tempdir().unwrap();
@@ -756,6 +843,159 @@ fn full_queue_answers_busy_immediately() {
     assert_eq!(h.queued(), 1);
     release_tx.send(()).unwrap();
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), vec![Ok(())]);
+    store.shutdown().unwrap();
+}
+
+/// A range reply that sends its result to `tx`.
+fn range_to(
+    h: &StoreHandle,
+    room: &str,
+    q: RangeQuery,
+    tx: &mpsc::Sender<Result<(Vec<StoredMessage>, bool), StoreError>>,
+) {
+    let tx = tx.clone();
+    h.range(
+        room.to_owned(),
+        q,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+}
+
+/// A store whose read lane holds `capacity` reads, with messages 1..=`n`
+/// in room "r".
+fn open_with_read_lane(dir: &Path, capacity: usize, n: u64) -> (SqliteStore, StoreHandle) {
+    let mut cfg = config(&dir.join("c.db"), Durability::Relaxed);
+    cfg.read_queue_capacity = capacity;
+    let (store, h) = SqliteStore::open(cfg).unwrap();
+    append_ok(&h, "r", 1..=n);
+    (store, h)
+}
+
+#[test]
+fn read_flood_answers_busy_while_appends_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, h) = open_with_read_lane(dir.path(), 8, 10);
+    let first_ten = RangeQuery {
+        after: Some(0),
+        before: Some(11),
+        limit: 100,
+    };
+    // Park the reader thread inside a reply so its lane cannot drain.
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    h.range(
+        "r".into(),
+        first_ten,
+        Box::new(move |r| {
+            entered_tx.send(r).unwrap();
+            let _ = release_rx.recv();
+        }),
+    );
+    let (parked, _) = entered_rx.recv_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(parked.len(), 10);
+
+    // Flood the read lane until it answers Busy, at once, on this thread.
+    let (tx, rx) = mpsc::channel();
+    let mut queued = 0;
+    loop {
+        range_to(&h, "r", first_ten, &tx);
+        match rx.try_recv() {
+            Ok(r) => {
+                assert_eq!(r, Err(StoreError::Busy));
+                break;
+            }
+            Err(_) => queued += 1,
+        }
+    }
+    assert_eq!(queued, 8, "the read lane holds read_queue_capacity reads");
+
+    // With the read lane full and its thread stuck, appends still commit,
+    // and every further read keeps answering Busy.
+    let commits = h.commits();
+    for batch in 0..20u64 {
+        append_ok(&h, "r", 11 + batch * 10..=20 + batch * 10);
+        range_to(&h, "r", first_ten, &tx);
+        assert_eq!(rx.try_recv().unwrap(), Err(StoreError::Busy));
+    }
+    assert!(h.commits() >= commits + 20);
+    assert!(h.is_available());
+    assert_eq!(h.queued(), 0);
+
+    // Released, the lane answers every queued read with the right rows.
+    release_tx.send(()).unwrap();
+    for _ in 0..queued {
+        let (msgs, more) = rx.recv_timeout(WAIT).unwrap().unwrap();
+        assert!(!more);
+        assert_eq!(msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), seqs(1..=10));
+        assert_eq!(msgs[3], msg("r", 4, "{\"n\":4}"));
+    }
+    // ...and a new read sees every committed append.
+    assert_eq!(range(&h, "r", None, None, 5), (seqs(206..=210), true));
+    assert_eq!(range(&h, "r", Some(0), None, 1000).0, seqs(1..=210));
+    store.shutdown().unwrap();
+    // The writer stopped the read lane with it.
+    range_to(&h, "r", first_ten, &tx);
+    assert!(matches!(
+        rx.recv_timeout(WAIT).unwrap(),
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+#[test]
+fn appends_commit_under_a_concurrent_read_flood() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, h) = open_with_read_lane(dir.path(), 16, 5);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Like thousands of `history` requests: fire reads without waiting.
+    let flood = {
+        let h = h.clone();
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let (tx, rx) = mpsc::channel();
+            let (mut sent, mut ok, mut busy) = (0u64, 0u64, 0u64);
+            let mut check = |r: Result<(Vec<StoredMessage>, bool), StoreError>| match r {
+                Ok((msgs, _)) => {
+                    // The latest committed messages, contiguous.
+                    let got: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+                    let last = *got.last().unwrap();
+                    assert_eq!(got, seqs(last.saturating_sub(49).max(1)..=last));
+                    ok += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e, StoreError::Busy);
+                    busy += 1;
+                }
+            };
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let q = RangeQuery {
+                    after: None,
+                    before: None,
+                    limit: 50,
+                };
+                range_to(&h, "r", q, &tx);
+                sent += 1;
+                while let Ok(r) = rx.try_recv() {
+                    check(r);
+                }
+            }
+            drop(tx);
+            while let Ok(r) = rx.recv_timeout(WAIT) {
+                check(r);
+            }
+            assert_eq!(ok + busy, sent, "every read was answered");
+            (ok, busy)
+        })
+    };
+    for seq in 6..=305 {
+        append_ok(&h, "r", seq..=seq);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, _busy) = flood.join().unwrap();
+    assert!(ok > 0);
+    assert!(h.is_available());
+    assert_eq!(range(&h, "r", Some(0), None, 1000).0, seqs(1..=305));
     store.shutdown().unwrap();
 }
 
