@@ -25,6 +25,7 @@
 #   CORECHAT_EXTRA=... extra server flags (appended)
 #   LOADGEN_EXTRA=...  extra load generator flags (appended to every scenario)
 #   NO_BUILD=1         do not run cargo build
+#   OUT_DIR=...        where results go (default: bench-results/<git-sha>)
 #   SERVER_BIN=... LOADGEN_BIN=...   binaries to use (default: target/release/{corechat,loadgen})
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,7 +64,7 @@ else
   SHA="nogit-$(date +%Y%m%d-%H%M%S)"
 fi
 RESULTS=$ROOT/bench-results
-OUT=$RESULTS/$SHA
+OUT=${OUT_DIR:-$RESULTS/$SHA}
 mkdir -p "$OUT"
 # the most recent earlier run (for `loadgen compare`)
 # shellcheck disable=SC2012

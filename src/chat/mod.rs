@@ -279,7 +279,7 @@ impl App for ChatApp {
     }
 
     fn expires_at(session: &Session) -> Option<u64> {
-        session.exp
+        session.identity.exp
     }
 
     fn accepts_input(session: &Session) -> bool {

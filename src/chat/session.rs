@@ -16,7 +16,6 @@ pub const MAX_INFLIGHT: u16 = 16;
 pub struct Session {
     pub identity: Identity,
     pub name_json: NameJson,
-    pub exp: Option<u64>,
     pub(super) rooms: Vec<Joined>,
     /// Over publish, dm, typing and read (PROTOCOL 5.4).
     pub(super) bucket: TokenBucket,
@@ -58,7 +57,6 @@ impl Session {
             .unwrap_or_else(|_| "\"\"".into())
             .into();
         Session {
-            exp: identity.exp,
             identity,
             name_json,
             rooms: Vec::new(),
