@@ -87,6 +87,8 @@ pub struct ChatApp {
     ring_cap: usize,
     /// `--retention-age` in ms: older ring entries are dropped.
     retention_age_ms: Option<u64>,
+    /// Byte budget of one replay page.
+    page_bytes: usize,
     // -- member role
     /// Room -> local member connection keys.
     local: HashMap<RoomName, Vec<usize>>,
@@ -123,6 +125,7 @@ impl ChatApp {
             retention_age_ms: cfg
                 .retention_age
                 .map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
+            page_bytes: room::page_bytes(cfg.max_outbound_bytes),
             local: HashMap::new(),
             users_here: HashMap::new(),
             homes: HashMap::new(),

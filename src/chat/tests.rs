@@ -453,4 +453,3 @@ fn joins_past_max_rooms_per_conn_are_forbidden() {
     assert_eq!(errors[0]["code"], "forbidden");
     assert_eq!(errors[0]["id"], 3);
 }
-

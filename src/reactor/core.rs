@@ -99,22 +99,14 @@ impl<M, S> Core<M, S> {
         }
     }
 
-    /// Queues a frame on a WebSocket; a queue over the limit closes it 1013.
+    /// Queues a frame on a WebSocket. Whether the peer is a slow consumer is
+    /// decided after the end-of-turn write (`io::flush`): only bytes the
+    /// socket did not take count (PROTOCOL 5.4).
     pub(super) fn send_frame(&mut self, key: usize, frame: Bytes) {
-        let limit = self.shared.cfg.max_outbound_bytes;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         if conn.phase != Phase::Ws {
-            return;
-        }
-        if conn.out_bytes + frame.len() > limit {
-            self.close_ws(
-                key,
-                close_code::OVERLOAD,
-                "slow consumer",
-                DisconnectReason::SlowConsumer,
-            );
             return;
         }
         conn.out_bytes += frame.len();

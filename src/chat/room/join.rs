@@ -18,11 +18,18 @@ use crate::protocol::ReqId;
 use crate::store::{RangeQuery, StoreError, StoredMessage};
 use bytes::Bytes;
 
-/// Messages per replay page read from the store.
+/// Messages per replay page read from the store (then cut to the page's
+/// byte budget).
 const STORE_PAGE: usize = 100;
-/// Messages and bytes per replay page taken from the ring.
+/// Messages per replay page taken from the ring.
 const RING_PAGE: usize = 1000;
-const PAGE_BYTES: usize = 256 << 10;
+
+/// A replay page's byte budget: a quarter of what a connection may have
+/// unsent, so a page plus what is still queued when the next is asked for
+/// stays well under the slow-consumer limit. At least one message.
+pub(in crate::chat) fn page_bytes(max_outbound_bytes: usize) -> usize {
+    (max_outbound_bytes / 4).clamp(1, 256 << 10)
+}
 
 pub(in crate::chat) struct JoinRequest {
     pub conn: ConnRef,
@@ -56,6 +63,7 @@ impl ChatApp {
         room_name: RoomName,
         mut join: JoinRequest,
     ) {
+        let page_bytes = self.page_bytes;
         let has_store = self.store.enabled();
         let room = self.home_room_to_read(&room_name, port.shards());
         // A `since` beyond the latest seq comes from an older epoch: the
@@ -67,7 +75,7 @@ impl ChatApp {
         let since = join.since;
         let in_ring = since >= room.committed || since.saturating_add(1) >= room.first_in_ring();
         if in_ring || !has_store {
-            let (page, upto) = ring_page(room, since);
+            let (page, upto) = ring_page(room, since, page_bytes);
             self.join_take_effect(port, &room_name, join, page, upto, in_ring && !reset);
             return;
         }
@@ -94,6 +102,7 @@ impl ChatApp {
         p: FirstPage,
         result: Result<(Vec<StoredMessage>, bool), StoreError>,
     ) {
+        let page_bytes = self.page_bytes;
         let Some(home) = self.homes.get_mut(&p.room) else {
             return;
         };
@@ -120,7 +129,7 @@ impl ChatApp {
         };
         let since = p.join.since;
         let recovered = !p.reset && msgs.first().is_some_and(|m| m.seq == since + 1);
-        let (page, upto) = store_page(home, since, &msgs);
+        let (page, upto) = store_page(home, since, &msgs, page_bytes);
         self.join_take_effect(port, &p.room, p.join, page, upto, recovered);
     }
 
@@ -132,6 +141,7 @@ impl ChatApp {
         conn: ConnRef,
         after: Seq,
     ) {
+        let page_bytes = self.page_bytes;
         let has_store = self.store.enabled();
         let shards = port.shards();
         if !self.homes.contains_key(&room_name) {
@@ -140,7 +150,7 @@ impl ChatApp {
         let room = self.home_room_to_read(&room_name, shards);
         if after >= room.committed || after.saturating_add(1) >= room.first_in_ring() || !has_store
         {
-            let (frames, upto) = ring_page(room, after);
+            let (frames, upto) = ring_page(room, after, page_bytes);
             let done = upto >= room.committed;
             let msg = replay_page(room_name, conn, after, frames, upto, done);
             self.router.to_conn_shard(port, conn, msg);
@@ -167,12 +177,13 @@ impl ChatApp {
         p: NextPage,
         result: Result<(Vec<StoredMessage>, bool), StoreError>,
     ) {
+        let page_bytes = self.page_bytes;
         let Some(home) = self.homes.get(&p.room) else {
             return;
         };
         let msg = match result {
             Ok((msgs, _)) => {
-                let (frames, upto) = store_page(home, p.after, &msgs);
+                let (frames, upto) = store_page(home, p.after, &msgs, page_bytes);
                 let done = upto >= home.committed;
                 replay_page(p.room, p.conn, p.after, frames, upto, done)
             }
@@ -310,14 +321,14 @@ impl ChatApp {
 }
 
 /// Frames after `after` from the ring, at most a page; and the seq reached.
-fn ring_page(room: &HomeRoom, after: Seq) -> (Vec<Bytes>, Seq) {
+fn ring_page(room: &HomeRoom, after: Seq, page_bytes: usize) -> (Vec<Bytes>, Seq) {
     let first = room.first_in_ring();
     let skip = usize::try_from(after.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
     let mut frames = Vec::new();
     let mut bytes = 0;
     let mut upto = after.max(first.saturating_sub(1));
     for e in room.ring.iter().skip(skip) {
-        if frames.len() >= RING_PAGE || bytes >= PAGE_BYTES {
+        if frames.len() >= RING_PAGE || (bytes + e.frame.len() > page_bytes && !frames.is_empty()) {
             break;
         }
         bytes += e.frame.len();
@@ -330,14 +341,31 @@ fn ring_page(room: &HomeRoom, after: Seq) -> (Vec<Bytes>, Seq) {
 /// A page read from the store as frames, and the seq it reaches. Nothing
 /// read below the ring means retention dropped it: the replay skips to the
 /// ring.
-fn store_page(room: &HomeRoom, after: Seq, msgs: &[StoredMessage]) -> (Vec<Bytes>, Seq) {
-    match msgs.last() {
-        Some(last) => (msgs.iter().map(frames::stored_message).collect(), last.seq),
-        None => (
+fn store_page(
+    room: &HomeRoom,
+    after: Seq,
+    msgs: &[StoredMessage],
+    page_bytes: usize,
+) -> (Vec<Bytes>, Seq) {
+    if msgs.is_empty() {
+        return (
             Vec::new(),
             room.first_in_ring().saturating_sub(1).max(after),
-        ),
+        );
     }
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    let mut upto = after;
+    for m in msgs {
+        let frame = frames::stored_message(m);
+        if bytes + frame.len() > page_bytes && !page.is_empty() {
+            break;
+        }
+        bytes += frame.len();
+        upto = m.seq;
+        page.push(frame);
+    }
+    (page, upto)
 }
 
 fn replay_page(

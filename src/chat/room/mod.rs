@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub(super) use self::join::JoinRequest;
+pub(super) use self::join::{page_bytes, JoinRequest};
 
 /// A message frame kept in a room's ring.
 struct RingEntry {
