@@ -323,7 +323,7 @@ fn publish_big(c: &mut Client, room: &str, n: usize, size: usize) -> Vec<u64> {
     acks
 }
 
-/// 1. Pipelined HTTP from clients that never read.
+/// Attack 1: Pipelined HTTP from clients that never read.
 #[test]
 fn pipelined_http_from_non_readers() {
     let _g = serial();
@@ -420,7 +420,7 @@ fn request_flood(what: &str, req: impl Fn(usize) -> Value) {
     check_growth(&format!("{what} flood"), start, peak, end, 100);
 }
 
-/// 2a. `history` (limit 100 of 15 KB messages) flood from a non-reader.
+/// Attack 2a: `history` (limit 100 of 15 KB messages) flood from a non-reader.
 #[test]
 fn history_flood_from_non_reader() {
     request_flood(
@@ -429,19 +429,19 @@ fn history_flood_from_non_reader() {
     );
 }
 
-/// 2b. `presence` flood from a non-reader.
+/// Attack 2b: `presence` flood from a non-reader.
 #[test]
 fn presence_flood_from_non_reader() {
     request_flood("presence", |_| json!({"type": "presence", "room": "big"}));
 }
 
-/// 2c. `rooms` flood from a non-reader.
+/// Attack 2c: `rooms` flood from a non-reader.
 #[test]
 fn rooms_flood_from_non_reader() {
     request_flood("rooms", |_| json!({"type": "rooms"}));
 }
 
-/// 3. A backlog many times `max_outbound_bytes` is replayed to a reader in
+/// Attack 3: A backlog many times `max_outbound_bytes` is replayed to a reader in
 /// full, in order, then continues live, with no 1013.
 fn resume_big_backlog(test: &str, extra: &[&str]) {
     let _g = serial();
@@ -521,7 +521,7 @@ fn resume_big_backlog_from_sqlite() {
     );
 }
 
-/// 4. 64 publishes of 8 KB in one write under a 64 KiB outbound limit: the
+/// Attack 4: 64 publishes of 8 KB in one write under a 64 KiB outbound limit: the
 /// client's own echoes never make it a slow consumer.
 #[test]
 #[ignore = "server bug: Core::send_frame (src/reactor/core.rs) closes 1013 when a frame is \
@@ -600,7 +600,7 @@ fn pipelined_publishes_under_small_limit() {
     check_growth("pipelined publishes", start, peak, end, 20);
 }
 
-/// 5. 300 `read`s of the same seq reach the other member at most once.
+/// Attack 5: 300 `read`s of the same seq reach the other member at most once.
 #[test]
 fn read_spam_is_forwarded_once() {
     let _g = serial();
@@ -776,7 +776,7 @@ fn churn(
     (n, dm_rooms)
 }
 
-/// 6. History and join/leave of made-up rooms leave nothing behind; DMs to
+/// Attack 6: History and join/leave of made-up rooms leave nothing behind; DMs to
 /// made-up users are stored (they are acked) and cost only their storage.
 #[test]
 fn random_rooms_and_dm_churn() {
@@ -854,7 +854,7 @@ fn random_rooms_and_dm_churn() {
     );
 }
 
-/// 7. 1,000 connections each start a frame announcing 60 KB and trickle it
+/// Attack 7: 1,000 connections each start a frame announcing 60 KB and trickle it
 /// one byte a second: all closed around the handshake timeout, and the
 /// server holds only the bytes that arrived.
 #[test]
