@@ -492,19 +492,11 @@ fn resume_big_backlog(test: &str, extra: &[&str]) {
 }
 
 #[test]
-#[ignore = "server bug: Core::send_frame (src/reactor/core.rs) closes 1013 when a frame is \
-            QUEUED past --max-outbound-bytes, before any write; a ring replay page is cut only \
-            after passing 256 KiB (~270 KB of 15 KB frames) and is queued at once with `joined`, \
-            so the reader gets a 1013 'slow consumer' and not even `joined`"]
 fn resume_big_backlog_from_ring() {
     resume_big_backlog("resume from memory", &[]);
 }
 
 #[test]
-#[ignore = "server bug: Core::send_frame (src/reactor/core.rs) closes 1013 when a frame is \
-            QUEUED past --max-outbound-bytes, before any write; a store replay page is 100 \
-            messages with no byte cap (1.5 MB of 15 KB messages) queued at once, so the reader \
-            gets a 1013 'slow consumer' and not even `joined` (any limit under ~1.5 MB)"]
 fn resume_big_backlog_from_sqlite() {
     let dir = tempdir();
     let d = dir.path().to_str().unwrap().to_string();
@@ -524,10 +516,6 @@ fn resume_big_backlog_from_sqlite() {
 /// Attack 4: 64 publishes of 8 KB in one write under a 64 KiB outbound limit: the
 /// client's own echoes never make it a slow consumer.
 #[test]
-#[ignore = "server bug: Core::send_frame (src/reactor/core.rs) closes 1013 when a frame is \
-            QUEUED past --max-outbound-bytes, not on bytes unsent after the write: up to 16 \
-            publishes in flight bring 16 x 8 KB echoes into one turn (> 64 KiB), and the \
-            reading client is closed 1013 'slow consumer' after 8 acks and 8 messages"]
 fn pipelined_publishes_under_small_limit() {
     let _g = serial();
     let mut flags = vec!["--max-outbound-bytes", "65536"];
