@@ -619,7 +619,13 @@ mod tests {
             )
         };
         let ok = |id: &str| assert_eq!(id_of(id), (Some(id.to_string()), Ok(true)), "{id}");
-        let bad = |id: &str| assert_eq!(id_of(id), (None, Err(ErrorCode::BadRequest)), "{id}");
+        let bad = |id: &str| {
+            assert_eq!(id_of(id), (None, Err(ErrorCode::BadRequest)), "{id}");
+            // Valid JSON with an invalid id is not an unparsable frame.
+            let frame = format!(r#"{{"type":"ping","id":{id}}}"#);
+            let err = parse_request(&frame, 100).1.unwrap_err();
+            assert!(!err.unparsable, "{id}: {err:?}");
+        };
         // Integers 0..=2^53-1 in plain digits, echoed as they came.
         ok("0");
         ok("7");
