@@ -2,15 +2,25 @@
 //!
 //! One `Authenticator` is built at start and shared by every reactor thread;
 //! all key parsing happens in `new` so `verify` stays cheap on the accept path.
+//! Verification is done here rather than by `jsonwebtoken::decode`, which
+//! re-parses an RSA public key on every call (and copies the key, parses the
+//! header twice and the claims twice); `jsonwebtoken` still reads the PEM
+//! files and mints tokens.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use rand::Rng;
+use rsa::pkcs1::DecodeRsaPublicKey as _;
+use rsa::signature::Verifier as _;
+use rsa::traits::PublicKeyParts as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::Sha256;
 
 /// Longest user id / display name, in characters.
 pub const MAX_ID_LEN: usize = 64;
@@ -20,6 +30,8 @@ pub const GUEST_TTL_SECS: u64 = 30 * 24 * 3600;
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Smallest RSA modulus accepted for RS256.
 const MIN_RSA_BITS: usize = 2048;
+/// Default leeway for `exp` and `nbf` (`--jwt-leeway-s`).
+pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 
 /// Why a token was refused. `Display` is sent to clients in the 401 body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,10 +65,14 @@ pub enum AuthError {
 pub struct Identity {
     pub user: Arc<str>,
     pub name: Arc<str>,
+    /// The second from which the token is refused: its `exp` claim plus the
+    /// authenticator's leeway. A connection open at that second is closed.
     pub exp: Option<u64>,
     /// `None`: every public room.
     pub rooms: Option<Arc<[String]>>,
     pub admin: bool,
+    /// A guest token (claim `guest: true`, as `mint_guest` makes).
+    pub guest: bool,
 }
 
 impl Identity {
@@ -107,17 +123,51 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// One accepted algorithm with its prepared key and validation rules.
+/// A verification key, parsed once.
+enum VerifyKey {
+    /// HMAC state already keyed with the secret; cloned per verify.
+    Hs256(Hmac<Sha256>),
+    Rs256(rsa::pkcs1v15::VerifyingKey<Sha256>),
+    Es256(p256::ecdsa::VerifyingKey),
+}
+
+impl VerifyKey {
+    fn algorithm(&self) -> Algorithm {
+        match self {
+            VerifyKey::Hs256(_) => Algorithm::HS256,
+            VerifyKey::Rs256(_) => Algorithm::RS256,
+            VerifyKey::Es256(_) => Algorithm::ES256,
+        }
+    }
+
+    /// Whether `signature` signs `message` (HMAC compared in constant time).
+    fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        match self {
+            VerifyKey::Hs256(mac) => {
+                let mut mac = mac.clone();
+                mac.update(message);
+                mac.verify_slice(signature).is_ok()
+            }
+            VerifyKey::Rs256(key) => rsa::pkcs1v15::Signature::try_from(signature)
+                .is_ok_and(|sig| key.verify(message, &sig).is_ok()),
+            VerifyKey::Es256(key) => p256::ecdsa::Signature::from_slice(signature)
+                .is_ok_and(|sig| key.verify(message, &sig).is_ok()),
+        }
+    }
+}
+
+/// One accepted algorithm with its prepared key.
 struct Verifier {
     alg: Algorithm,
-    key: DecodingKey,
-    validation: Validation,
+    key: VerifyKey,
 }
 
 /// Verifies (and, with a secret, mints) tokens. Build once, share via `Arc`.
 pub struct Authenticator {
     verifiers: Vec<Verifier>,
     signer: Option<EncodingKey>,
+    /// Tolerated clock skew for `exp` and `nbf`, in seconds.
+    leeway_secs: u64,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -127,6 +177,7 @@ impl std::fmt::Debug for Authenticator {
         f.debug_struct("Authenticator")
             .field("algorithms", &algs)
             .field("can_mint", &self.signer.is_some())
+            .field("leeway_secs", &self.leeway_secs)
             .finish()
     }
 }
@@ -146,6 +197,15 @@ struct RawClaims {
     rooms: Option<Value>,
     #[serde(default)]
     admin: Option<Value>,
+    #[serde(default)]
+    guest: Option<Value>,
+}
+
+/// The JOSE header; only `alg` matters (an unknown `alg`, `none` included,
+/// makes the token malformed).
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: Algorithm,
 }
 
 #[derive(Serialize)]
@@ -160,15 +220,19 @@ struct MintClaims<'a> {
     rooms: Option<&'a [String]>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     admin: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    guest: bool,
 }
 
 impl Authenticator {
     /// `hs256_secret` enables HS256 (and minting); `public_key_pem` enables
     /// RS256 (RSA key) or ES256 (P-256 key). At least one is required, and only
-    /// the configured algorithms are accepted.
+    /// the configured algorithms are accepted. `leeway_secs` is the clock skew
+    /// tolerated for `exp` and `nbf` (`Config::jwt_leeway_s`).
     pub fn new(
         hs256_secret: Option<&[u8]>,
         public_key_pem: Option<&[u8]>,
+        leeway_secs: u64,
     ) -> Result<Self, AuthError> {
         let mut verifiers = Vec::with_capacity(2);
         let mut signer = None;
@@ -176,22 +240,29 @@ impl Authenticator {
             if secret.is_empty() {
                 return Err(AuthError::Key("the HS256 secret is empty".into()));
             }
-            verifiers.push(Verifier::new(
-                Algorithm::HS256,
-                DecodingKey::from_secret(secret),
-            ));
+            let mac = Hmac::<Sha256>::new_from_slice(secret)
+                .map_err(|e| AuthError::Key(format!("HS256 secret: {e}")))?;
+            verifiers.push(Verifier::new(VerifyKey::Hs256(mac)));
             signer = Some(EncodingKey::from_secret(secret));
         }
         if let Some(pem) = public_key_pem {
-            let (alg, key) = parse_public_key(pem)?;
-            verifiers.push(Verifier::new(alg, key));
+            verifiers.push(Verifier::new(parse_public_key(pem)?));
         }
         if verifiers.is_empty() {
             return Err(AuthError::Key(
                 "neither an HS256 secret nor a public key is configured".into(),
             ));
         }
-        Ok(Authenticator { verifiers, signer })
+        Ok(Authenticator {
+            verifiers,
+            signer,
+            leeway_secs,
+        })
+    }
+
+    /// The leeway for `exp` and `nbf`, in seconds.
+    pub fn leeway_secs(&self) -> u64 {
+        self.leeway_secs
     }
 
     /// Algorithms this authenticator accepts.
@@ -204,7 +275,9 @@ impl Authenticator {
         self.signer.is_some()
     }
 
-    /// Checks signature, expiry (`now_secs >= exp` is expired, no leeway) and claims.
+    /// Checks signature, time claims and claims. With leeway `L`, the token
+    /// is expired when `now_secs >= exp + L` and not yet valid when
+    /// `now_secs + L < nbf`.
     pub fn verify(&self, token: &str, now_secs: u64) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
@@ -212,19 +285,31 @@ impl Authenticator {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed);
         }
-        let verifier = match self.verifiers.as_slice() {
-            // Common case: one key, jsonwebtoken itself rejects other algorithms.
-            [only] => only,
-            many => {
-                let header = jsonwebtoken::decode_header(token).map_err(map_jwt_error)?;
-                many.iter()
-                    .find(|v| v.alg == header.alg)
-                    .ok_or(AuthError::WrongAlgorithm)?
-            }
-        };
-        let data = jsonwebtoken::decode::<RawClaims>(token, &verifier.key, &verifier.validation)
-            .map_err(map_jwt_error)?;
-        identity_from_claims(data.claims, now_secs)
+        // header.payload.signature; the signature covers "header.payload".
+        let (message, signature) = token.rsplit_once('.').ok_or(AuthError::Malformed)?;
+        let (header, payload) = message.rsplit_once('.').ok_or(AuthError::Malformed)?;
+        let header = URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| AuthError::Malformed)?;
+        let header: JoseHeader =
+            serde_json::from_slice(&header).map_err(|_| AuthError::Malformed)?;
+        let verifier = self
+            .verifiers
+            .iter()
+            .find(|v| v.alg == header.alg)
+            .ok_or(AuthError::WrongAlgorithm)?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| AuthError::Malformed)?;
+        if !verifier.key.verify(message.as_bytes(), &signature) {
+            return Err(AuthError::BadSignature);
+        }
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| AuthError::Malformed)?;
+        let claims: RawClaims =
+            serde_json::from_slice(&payload).map_err(|_| AuthError::Malformed)?;
+        identity_from_claims(claims, now_secs, self.leeway_secs)
     }
 
     /// Mints an HS256 token. `ttl_secs: None` gives a token without `exp`.
@@ -235,6 +320,20 @@ impl Authenticator {
         ttl_secs: Option<u64>,
         rooms: Option<&[String]>,
         admin: bool,
+        now_secs: u64,
+    ) -> Result<String, AuthError> {
+        self.mint_claims(user, name, ttl_secs, rooms, admin, false, now_secs)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mint_claims(
+        &self,
+        user: &str,
+        name: Option<&str>,
+        ttl_secs: Option<u64>,
+        rooms: Option<&[String]>,
+        admin: bool,
+        guest: bool,
         now_secs: u64,
     ) -> Result<String, AuthError> {
         let key = self.signer.as_ref().ok_or(AuthError::NoSecret)?;
@@ -264,25 +363,27 @@ impl Authenticator {
             exp,
             rooms,
             admin,
+            guest,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
             .map_err(|e| AuthError::Key(e.to_string()))
     }
 
-    /// Mints a 30-day guest token for a fresh user id (`g-` + 12 of `[a-z0-9]`).
-    /// Returns `(user_id, token)`.
+    /// Mints a 30-day guest token (claim `guest: true`) for a fresh user id
+    /// (`g-` + 12 of `[a-z0-9]`). Returns `(user_id, token)`.
     pub fn mint_guest(&self, name: &str, now_secs: u64) -> Result<(String, String), AuthError> {
         if self.signer.is_none() {
             return Err(AuthError::NoSecret);
         }
         let name = validate_guest_name(name)?;
         let user = guest_id();
-        let token = self.mint(
+        let token = self.mint_claims(
             &user,
             Some(name),
             Some(GUEST_TTL_SECS),
             None,
             false,
+            true,
             now_secs,
         )?;
         Ok((user, token))
@@ -290,31 +391,11 @@ impl Authenticator {
 }
 
 impl Verifier {
-    fn new(alg: Algorithm, key: DecodingKey) -> Self {
-        let mut validation = Validation::new(alg);
-        // Time claims are checked by us against the caller's clock; no claim
-        // is required by the library and `aud` is not used by this server.
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.leeway = 0;
+    fn new(key: VerifyKey) -> Self {
         Verifier {
-            alg,
+            alg: key.algorithm(),
             key,
-            validation,
         }
-    }
-}
-
-fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
-    match e.kind() {
-        ErrorKind::InvalidSignature => AuthError::BadSignature,
-        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthError::WrongAlgorithm,
-        ErrorKind::ExpiredSignature => AuthError::Expired,
-        // Bad base64/JSON/structure, unknown `alg` (including "none"), and
-        // anything else the library reports about the token itself.
-        _ => AuthError::Malformed,
     }
 }
 
@@ -329,10 +410,14 @@ fn numeric_date(v: &Value) -> Option<u64> {
     }
 }
 
-fn identity_from_claims(c: RawClaims, now: u64) -> Result<Identity, AuthError> {
+fn identity_from_claims(c: RawClaims, now: u64, leeway: u64) -> Result<Identity, AuthError> {
     let exp = match &c.exp {
         None | Some(Value::Null) => None,
-        Some(v) => Some(numeric_date(v).ok_or(AuthError::InvalidClaims("exp must be a number"))?),
+        Some(v) => Some(
+            numeric_date(v)
+                .ok_or(AuthError::InvalidClaims("exp must be a number"))?
+                .saturating_add(leeway),
+        ),
     };
     if matches!(exp, Some(exp) if now >= exp) {
         return Err(AuthError::Expired);
@@ -341,7 +426,7 @@ fn identity_from_claims(c: RawClaims, now: u64) -> Result<Identity, AuthError> {
         None | Some(Value::Null) => {}
         Some(v) => {
             let nbf = numeric_date(v).ok_or(AuthError::InvalidClaims("nbf must be a number"))?;
-            if now < nbf {
+            if now.saturating_add(leeway) < nbf {
                 return Err(AuthError::NotYetValid);
             }
         }
@@ -399,12 +484,19 @@ fn identity_from_claims(c: RawClaims, now: u64) -> Result<Identity, AuthError> {
         Some(_) => return Err(AuthError::InvalidClaims("admin must be a boolean")),
     };
 
+    let guest = match c.guest {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => return Err(AuthError::InvalidClaims("guest must be a boolean")),
+    };
+
     Ok(Identity {
         user,
         name,
         exp,
         rooms,
         admin,
+        guest,
     })
 }
 
@@ -437,72 +529,31 @@ fn guest_id() -> String {
 }
 
 /// RSA PEM -> RS256, EC P-256 PEM -> ES256; anything else is an error.
-fn parse_public_key(pem: &[u8]) -> Result<(Algorithm, DecodingKey), AuthError> {
+/// The key is parsed here, once, into the form `verify` uses.
+fn parse_public_key(pem: &[u8]) -> Result<VerifyKey, AuthError> {
     if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-        // The RustCrypto backend only parses the key when verifying, so check
-        // it here: PKCS#1 RSAPublicKey (a private key would not fit this shape).
-        return match rsa_modulus_bits(key.as_bytes()) {
-            Some(bits) if bits >= MIN_RSA_BITS => Ok((Algorithm::RS256, key)),
-            Some(bits) => Err(AuthError::Key(format!(
+        // jsonwebtoken hands over PKCS#1 RSAPublicKey DER (from either PEM
+        // form); a private key does not parse as one.
+        let key = rsa::RsaPublicKey::from_pkcs1_der(key.as_bytes())
+            .map_err(|e| AuthError::Key(format!("not a valid RSA public key: {e}")))?;
+        let bits = key.n().bits();
+        if bits < MIN_RSA_BITS {
+            return Err(AuthError::Key(format!(
                 "RSA public key has {bits} bits, at least {MIN_RSA_BITS} are required"
-            ))),
-            None => Err(AuthError::Key("not a valid RSA public key".into())),
-        };
+            )));
+        }
+        return Ok(VerifyKey::Rs256(rsa::pkcs1v15::VerifyingKey::new(key)));
     }
     if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-        // Building a verifier parses the point; a bad key errors, a good one
-        // just fails this dummy signature.
-        return match jsonwebtoken::crypto::verify("", b"", &key, Algorithm::ES256) {
-            Ok(_) => Ok((Algorithm::ES256, key)),
-            Err(_) => Err(AuthError::Key(
-                "EC public key is not a P-256 key (only ES256 is supported)".into(),
-            )),
-        };
+        return p256::ecdsa::VerifyingKey::from_sec1_bytes(key.as_bytes())
+            .map(VerifyKey::Es256)
+            .map_err(|_| {
+                AuthError::Key("EC public key is not a P-256 key (only ES256 is supported)".into())
+            });
     }
     Err(AuthError::Key(
         "expected an RSA or EC (P-256) public key in PEM format".into(),
     ))
-}
-
-/// Reads one DER TLV: (tag, contents, rest).
-fn der_read(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        rest = &rest[n..];
-        len
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
-
-/// Modulus size of a PKCS#1 `RSAPublicKey ::= SEQUENCE { n INTEGER, e INTEGER }`.
-fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
-    const SEQUENCE: u8 = 0x30;
-    const INTEGER: u8 = 0x02;
-    let (tag, seq, rest) = der_read(der)?;
-    if tag != SEQUENCE || !rest.is_empty() {
-        return None;
-    }
-    let (tag_n, n, seq) = der_read(seq)?;
-    let (tag_e, e, seq) = der_read(seq)?;
-    if tag_n != INTEGER || tag_e != INTEGER || !seq.is_empty() || e.is_empty() {
-        return None;
-    }
-    let start = n.iter().position(|&b| b != 0)?;
-    let n = &n[start..];
-    Some((n.len() - 1) * 8 + (8 - n[0].leading_zeros() as usize))
 }
 
 #[cfg(test)]
@@ -587,7 +638,7 @@ MCowBQYDK2VwAyEAR8qW2uq3lL5yYM9TrTdHyCF4xiz0EOEFgveNseD4SSM=
 ";
 
     fn auth() -> Authenticator {
-        Authenticator::new(Some(SECRET), None).unwrap()
+        Authenticator::new(Some(SECRET), None, 0).unwrap()
     }
 
     /// Signs arbitrary claims with HS256 (bypassing `mint`'s own checks).
@@ -737,7 +788,7 @@ MCowBQYDK2VwAyEAR8qW2uq3lL5yYM9TrTdHyCF4xiz0EOEFgveNseD4SSM=
 
     #[test]
     fn hs256_refused_when_only_public_key() {
-        let a = Authenticator::new(None, Some(EC_PUBLIC.as_bytes())).unwrap();
+        let a = Authenticator::new(None, Some(EC_PUBLIC.as_bytes()), 0).unwrap();
         assert_eq!(a.algorithms(), vec![Algorithm::ES256]);
         assert!(!a.can_mint());
         let t = sign(&json!({"sub": "a"}), SECRET);
@@ -832,6 +883,7 @@ MCowBQYDK2VwAyEAR8qW2uq3lL5yYM9TrTdHyCF4xiz0EOEFgveNseD4SSM=
             exp: None,
             rooms: rooms.map(|r| r.iter().map(|s| s.to_string()).collect()),
             admin: false,
+            guest: false,
         }
     }
 
@@ -911,7 +963,7 @@ MCowBQYDK2VwAyEAR8qW2uq3lL5yYM9TrTdHyCF4xiz0EOEFgveNseD4SSM=
         assert!(id.rooms.is_none());
 
         // A different secret does not accept it.
-        let other = Authenticator::new(Some(b"other"), None).unwrap();
+        let other = Authenticator::new(Some(b"other"), None, 0).unwrap();
         assert_eq!(other.verify(&t, NOW), Err(AuthError::BadSignature));
     }
 
@@ -978,11 +1030,11 @@ MCowBQYDK2VwAyEAR8qW2uq3lL5yYM9TrTdHyCF4xiz0EOEFgveNseD4SSM=
     #[test]
     fn new_needs_a_key() {
         assert!(matches!(
-            Authenticator::new(None, None),
+            Authenticator::new(None, None, 0),
             Err(AuthError::Key(_))
         ));
         assert!(matches!(
-            Authenticator::new(Some(b""), None),
+            Authenticator::new(Some(b""), None, 0),
             Err(AuthError::Key(_))
         ));
     }
@@ -998,7 +1050,7 @@ MCowBQYDK2VwAyEAR8qW2uq3lL5yYM9TrTdHyCF4xiz0EOEFgveNseD4SSM=
             ED25519_PUBLIC.as_bytes(),
             EC_P384_PUBLIC.as_bytes(),
         ] {
-            let err = Authenticator::new(None, Some(pem)).unwrap_err();
+            let err = Authenticator::new(None, Some(pem), 0).unwrap_err();
             assert!(matches!(err, AuthError::Key(_)), "{err:?}");
             assert!(err.to_string().starts_with("invalid key: "));
         }
@@ -1011,7 +1063,7 @@ MCowBQYDK2VwAyEAR8qW2uq3lL5yYM9TrTdHyCF4xiz0EOEFgveNseD4SSM=
 
     #[test]
     fn es256_round_trip() {
-        let a = Authenticator::new(None, Some(EC_PUBLIC.as_bytes())).unwrap();
+        let a = Authenticator::new(None, Some(EC_PUBLIC.as_bytes()), 0).unwrap();
         let t = es256_token(&json!({"sub": "carol", "exp": NOW + 5}));
         let id = a.verify(&t, NOW).unwrap();
         assert_eq!(&*id.user, "carol");
@@ -1027,7 +1079,7 @@ MCowBQYDK2VwAyEAR8qW2uq3lL5yYM9TrTdHyCF4xiz0EOEFgveNseD4SSM=
     #[test]
     fn rs256_round_trip() {
         for public in [RSA_PUBLIC, RSA_PUBLIC_PKCS1] {
-            let a = Authenticator::new(None, Some(public.as_bytes())).unwrap();
+            let a = Authenticator::new(None, Some(public.as_bytes()), 0).unwrap();
             assert_eq!(a.algorithms(), vec![Algorithm::RS256]);
             let key = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
             let t = jsonwebtoken::encode(
@@ -1047,7 +1099,7 @@ MCowBQYDK2VwAyEAR8qW2uq3lL5yYM9TrTdHyCF4xiz0EOEFgveNseD4SSM=
 
     #[test]
     fn secret_and_public_key_together() {
-        let a = Authenticator::new(Some(SECRET), Some(EC_PUBLIC.as_bytes())).unwrap();
+        let a = Authenticator::new(Some(SECRET), Some(EC_PUBLIC.as_bytes()), 0).unwrap();
         assert_eq!(a.algorithms(), vec![Algorithm::HS256, Algorithm::ES256]);
         let t = es256_token(&json!({"sub": "x"}));
         assert_eq!(&*a.verify(&t, NOW).unwrap().user, "x");
@@ -1066,23 +1118,129 @@ MCowBQYDK2VwAyEAR8qW2uq3lL5yYM9TrTdHyCF4xiz0EOEFgveNseD4SSM=
     }
 
     #[test]
-    fn der_parser_rejects_junk() {
-        assert_eq!(der_read(&[]), None);
-        assert_eq!(der_read(&[0x30]), None);
-        assert_eq!(der_read(&[0x30, 0x05, 1]), None);
-        assert_eq!(der_read(&[0x30, 0x80]), None);
-        assert_eq!(der_read(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
-        assert_eq!(rsa_modulus_bits(&[0x30, 0x00]), None);
-        // SEQUENCE { INTEGER 0x00 0x81, INTEGER 3 } -> 8-bit modulus.
+    fn small_or_huge_rsa_keys_are_refused_at_start() {
+        use rsa::pkcs1::EncodeRsaPublicKey as _;
+        // Any odd modulus makes a syntactically valid public key.
+        for (bits, ok) in [
+            (1024usize, false),
+            (2047, false),
+            (2048, true),
+            (4096, true),
+        ] {
+            let mut n = vec![0xffu8; bits.div_ceil(8)];
+            if bits % 8 != 0 {
+                n[0] = 0xff >> (8 - bits % 8);
+            }
+            let key = rsa::RsaPublicKey::new(
+                rsa::BigUint::from_bytes_be(&n),
+                rsa::BigUint::from(65537u32),
+            )
+            .unwrap();
+            let pem = key.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap();
+            let got = Authenticator::new(None, Some(pem.as_bytes()), 0);
+            assert_eq!(got.is_ok(), ok, "{bits} bits: {got:?}");
+            if !ok {
+                let err = got.unwrap_err().to_string();
+                assert!(err.contains(&format!("has {bits} bits")), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn leeway_for_exp_and_nbf() {
+        let a = Authenticator::new(Some(SECRET), None, 30).unwrap();
+        assert_eq!(a.leeway_secs(), 30);
+        let t = sign(&json!({"sub": "a", "exp": NOW}), SECRET);
+        // Accepted up to 29 s after exp; the identity's deadline includes
+        // the leeway, so an open connection is closed at exp + 30.
+        assert_eq!(a.verify(&t, NOW).unwrap().exp, Some(NOW + 30));
+        assert!(a.verify(&t, NOW + 29).is_ok());
+        assert_eq!(a.verify(&t, NOW + 30), Err(AuthError::Expired));
+        assert_eq!(a.verify(&t, NOW + 1000), Err(AuthError::Expired));
+        // nbf up to 30 s in the future is accepted.
+        let t = sign(&json!({"sub": "a", "nbf": NOW + 30}), SECRET);
+        assert!(a.verify(&t, NOW).is_ok());
+        let t = sign(&json!({"sub": "a", "nbf": NOW + 31}), SECRET);
+        assert_eq!(a.verify(&t, NOW), Err(AuthError::NotYetValid));
+        assert!(a.verify(&t, NOW + 1).is_ok());
+        // Huge values do not overflow.
+        let t = sign(&json!({"sub": "a", "exp": u64::MAX}), SECRET);
+        assert_eq!(a.verify(&t, u64::MAX - 1).unwrap().exp, Some(u64::MAX));
+        let t = sign(&json!({"sub": "a", "nbf": u64::MAX}), SECRET);
+        assert!(a.verify(&t, u64::MAX - 10).is_ok());
+        // The leeway applies to every algorithm.
+        let es = Authenticator::new(None, Some(EC_PUBLIC.as_bytes()), 30).unwrap();
+        let t = es256_token(&json!({"sub": "a", "exp": NOW}));
+        assert!(es.verify(&t, NOW + 29).is_ok());
+        assert_eq!(es.verify(&t, NOW + 30), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn guest_claim() {
+        let a = auth();
+        let (user, token) = a.mint_guest("Gus", NOW).unwrap();
+        let id = a.verify(&token, NOW).unwrap();
+        assert!(id.guest);
+        assert_eq!(&*id.user, user.as_str());
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(claims["guest"], true);
+        // Ordinary tokens are not guests and carry no guest claim.
+        let t = a.mint("alice", None, None, None, false, NOW).unwrap();
+        assert!(!a.verify(&t, NOW).unwrap().guest);
+        let payload = t.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert!(claims.get("guest").is_none(), "{claims}");
+        let t = sign(&json!({"sub": "a", "guest": false}), SECRET);
+        assert!(!a.verify(&t, NOW).unwrap().guest);
+        let t = sign(&json!({"sub": "a", "guest": "yes"}), SECRET);
         assert_eq!(
-            rsa_modulus_bits(&[0x30, 0x07, 0x02, 0x02, 0x00, 0x81, 0x02, 0x01, 0x03]),
-            Some(8)
+            a.verify(&t, NOW),
+            Err(AuthError::InvalidClaims("guest must be a boolean"))
         );
+    }
+
+    #[test]
+    fn header_and_signature_edge_cases() {
+        let a = auth();
+        let good = sign(&json!({"sub": "a"}), SECRET);
+        let parts: Vec<&str> = good.split('.').collect();
+        // Signature not base64url.
+        let t = format!("{}.{}.{}", parts[0], parts[1], "!!!");
+        assert_eq!(a.verify(&t, NOW), Err(AuthError::Malformed));
+        // Empty or truncated signature.
+        let t = format!("{}.{}.", parts[0], parts[1]);
+        assert_eq!(a.verify(&t, NOW), Err(AuthError::BadSignature));
+        let t = format!("{}.{}.{}", parts[0], parts[1], &parts[2][..8]);
+        assert_eq!(a.verify(&t, NOW), Err(AuthError::BadSignature));
+        // Header without alg, or not JSON.
+        let t = format!("{}.{}.{}", b64(&json!({"typ": "JWT"})), parts[1], parts[2]);
+        assert_eq!(a.verify(&t, NOW), Err(AuthError::Malformed));
+        // Extra segment.
+        let t = format!("x.{good}");
+        assert_eq!(a.verify(&t, NOW), Err(AuthError::Malformed));
+        // Valid signature over a payload that is not JSON.
+        let header = parts[0];
+        let payload = URL_SAFE_NO_PAD.encode(b"not json");
+        let msg = format!("{header}.{payload}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
+        mac.update(msg.as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         assert_eq!(
-            rsa_modulus_bits(&[0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x03]),
-            None,
-            "zero modulus"
+            a.verify(&format!("{msg}.{sig}"), NOW),
+            Err(AuthError::Malformed)
         );
+        // An RS256 header against an ES256 key is the wrong algorithm.
+        let es = Authenticator::new(None, Some(EC_PUBLIC.as_bytes()), 0).unwrap();
+        let t = format!(
+            "{}.{}.{}",
+            b64(&json!({"alg": "RS256"})),
+            parts[1],
+            parts[2]
+        );
+        assert_eq!(es.verify(&t, NOW), Err(AuthError::WrongAlgorithm));
     }
 
     #[test]

@@ -37,6 +37,18 @@ impl Request {
         })
     }
 
+    /// Whether `Sec-WebSocket-Key` is present and valid: base64 that decodes
+    /// to exactly 16 bytes (RFC 6455 4.2.1). An upgrade with a key that is
+    /// present but invalid is answered 400 [`INVALID_WS_KEY`].
+    pub fn ws_key_valid(&self) -> bool {
+        self.ws_key.as_deref().is_some_and(valid_ws_key)
+    }
+
+    /// Whether this is a `HEAD` request (answered without a body).
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+
     /// The bearer token of an `Authorization: Bearer` header.
     pub fn bearer(&self) -> Option<&str> {
         let auth = self.authorization.as_deref()?;
@@ -45,6 +57,21 @@ impl Request {
             .eq_ignore_ascii_case("bearer")
             .then_some(token.trim())
     }
+}
+
+/// The 400 message for an upgrade whose `Sec-WebSocket-Key` is invalid.
+pub const INVALID_WS_KEY: &str = "invalid sec-websocket-key";
+
+/// A `Sec-WebSocket-Key` is the base64 (with padding) of 16 bytes: 24
+/// characters ending in `==`. Non-canonical trailing bits are refused.
+pub fn valid_ws_key(key: &str) -> bool {
+    use base64::Engine as _;
+    let mut out = [0u8; 18];
+    key.len() == 24
+        && matches!(
+            base64::engine::general_purpose::STANDARD.decode_slice(key, &mut out),
+            Ok(16)
+        )
 }
 
 /// Why a request could not be parsed; each maps to a status code.
@@ -234,9 +261,48 @@ impl Response {
         self
     }
 
-    /// Serializes head and body into one buffer.
+    /// Serializes head and body into one buffer (copies the body; for a
+    /// large or shared body prefer [`Response::encode_parts_for`]).
     pub fn encode(&self, keep_alive: bool) -> Bytes {
-        let mut head = String::with_capacity(160);
+        self.encode_for("GET", keep_alive)
+    }
+
+    /// Like [`Response::encode`], for a request of `method`: a `HEAD` gets
+    /// the same head (the real `content-length`) and no body.
+    pub fn encode_for(&self, method: &str, keep_alive: bool) -> Bytes {
+        let head = self.head_string(keep_alive);
+        if method == "HEAD" || self.body.is_empty() {
+            return Bytes::from(head.into_bytes());
+        }
+        let mut out = Vec::with_capacity(head.len() + self.body.len());
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(&self.body);
+        Bytes::from(out)
+    }
+
+    /// The response as two buffers to queue one after the other: the
+    /// encoded head, and the body (`None` for `HEAD` or an empty body). The
+    /// body is the response's own `Bytes`, shared, never copied: a static
+    /// asset goes out straight from the binary.
+    pub fn encode_parts_for(&self, method: &str, keep_alive: bool) -> (Bytes, Option<Bytes>) {
+        let head = Bytes::from(self.head_string(keep_alive).into_bytes());
+        let body = (method != "HEAD" && !self.body.is_empty()).then(|| self.body.clone());
+        (head, body)
+    }
+
+    /// [`Response::encode_parts_for`] for a request that is not `HEAD`.
+    pub fn encode_parts(&self, keep_alive: bool) -> (Bytes, Option<Bytes>) {
+        self.encode_parts_for("GET", keep_alive)
+    }
+
+    /// The status line and headers, ending with the empty line.
+    fn head_string(&self, keep_alive: bool) -> String {
+        let extra: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum();
+        let mut head = String::with_capacity(128 + extra);
         let _ = write!(
             head,
             "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: {}\r\n",
@@ -250,10 +316,7 @@ impl Response {
             let _ = write!(head, "{name}: {value}\r\n");
         }
         head.push_str("\r\n");
-        let mut out = Vec::with_capacity(head.len() + self.body.len());
-        out.extend_from_slice(head.as_bytes());
-        out.extend_from_slice(&self.body);
-        Bytes::from(out)
+        head
     }
 }
 
@@ -341,5 +404,100 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(text.contains("content-length: 21\r\n"));
         assert!(text.ends_with("{\"error\":\"not found\"}"));
+    }
+
+    #[test]
+    fn ws_key_validation() {
+        let parse = |key: &str| {
+            let raw = format!(
+                "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            );
+            parse_request(raw.as_bytes()).unwrap().unwrap().0
+        };
+        // RFC 6455's sample nonce, and 16 bytes of 0x00 / 0xff.
+        for good in [
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            "/////////////////////w==",
+        ] {
+            assert!(valid_ws_key(good), "{good}");
+            let req = parse(good);
+            assert!(req.ws_key_valid(), "{good}");
+            assert_eq!(req.ws_key.as_deref(), Some(good));
+        }
+        for bad in [
+            "",
+            "abc",
+            "dGhlIHNhbXBsZSBub25jZQ",       // no padding
+            "dGhlIHNhbXBsZSBub25jZQ=",      // short padding
+            "dGhlIHNhbXBsZSBub25jZQ===",    // too long
+            "dGhlIHNhbXBsZSBub25jZR==",     // non-canonical trailing bits
+            "dGhlIHNhbXBsZSBub25jZ!==",     // not base64
+            "dGhlIHNhbXBsZSBub25jZQ-_",     // url-safe alphabet
+            "dGhlIHNhbXBsZSBub25jZSBzbw==", // 17 bytes
+            "dGhlIHNhbXBsZSBub25j",         // 15 bytes
+            "MTIzNDU2Nzg5MDEyMzQ1Ng",       // 16 bytes, no padding
+        ] {
+            assert!(!valid_ws_key(bad), "{bad}");
+            let req = parse(bad);
+            assert!(!req.ws_key_valid(), "{bad}");
+        }
+        // No key at all is not valid either (the reactor answers 400 for
+        // both; a missing key keeps its own message).
+        let (req, _) = parse_request(b"GET /ws HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert!(req.ws_key.is_none() && !req.ws_key_valid());
+    }
+
+    #[test]
+    fn head_has_length_but_no_body() {
+        let resp = Response::text(200, "text/plain", Bytes::from_static(b"hello world"));
+        let get = resp.encode_for("GET", true);
+        let head = resp.encode_for("HEAD", true);
+        assert!(get.ends_with(b"\r\n\r\nhello world"));
+        let text = std::str::from_utf8(&head).unwrap();
+        assert!(text.contains("content-length: 11\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+        assert_eq!(&get[..head.len()], &head[..], "same head for GET and HEAD");
+        assert_eq!(get.len(), head.len() + 11);
+        let (h, body) = resp.encode_parts_for("HEAD", false);
+        assert!(body.is_none());
+        assert!(std::str::from_utf8(&h)
+            .unwrap()
+            .contains("content-length: 11\r\n"));
+        let (req, _) = parse_request(b"HEAD / HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert!(req.is_head());
+    }
+
+    #[test]
+    fn static_body_is_shared_not_copied() {
+        static ASSET: &[u8] = b"body of a static asset, compiled into the binary";
+        let resp =
+            Response::text(200, "text/plain", Bytes::from_static(ASSET)).header("etag", "\"x\"");
+        for _ in 0..3 {
+            let (head, body) = resp.encode_parts(true);
+            let body = body.expect("a body");
+            // The very same bytes: no copy per request.
+            assert_eq!(body.as_ptr(), ASSET.as_ptr());
+            assert_eq!(body.len(), ASSET.len());
+            let text = std::str::from_utf8(&head).unwrap();
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
+            assert!(text.contains(&format!("content-length: {}\r\n", ASSET.len())));
+            assert!(text.contains("etag: \"x\"\r\n"));
+            assert!(text.ends_with("\r\n\r\n"));
+            // Head then body is exactly what `encode` produces.
+            let mut joined = head.to_vec();
+            joined.extend_from_slice(&body);
+            assert_eq!(joined, resp.encode(true).to_vec());
+        }
+        // A shared (refcounted) body is shared too.
+        let shared = Bytes::from(vec![7u8; 4096]);
+        let resp = Response::json(200, shared.clone());
+        let (_, body) = resp.encode_parts(false);
+        assert_eq!(body.unwrap().as_ptr(), shared.as_ptr());
+        // An empty body is no second buffer.
+        assert!(Response::json(204, Bytes::new())
+            .encode_parts(true)
+            .1
+            .is_none());
     }
 }

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return config_error(e),
             };
-            let auth = match Authenticator::new(Some(secret.as_bytes()), None) {
+            let auth = match Authenticator::new(Some(secret.as_bytes()), None, 0) {
                 Ok(a) => a,
                 Err(e) => return config_error(e),
             };

@@ -202,24 +202,40 @@ pub fn parse_request(text: &str, max_body: usize) -> (ReqId, Result<Request<'_>,
     (id, validate(&raw, max_body))
 }
 
+/// Largest integer `id` (2^53 - 1): every JSON client reads it exactly.
+pub const MAX_INT_ID: u64 = (1 << 53) - 1;
+/// Longest string `id`, in characters.
+pub const MAX_STR_ID_CHARS: usize = 64;
+
+/// Checks an `id` against PROTOCOL.md 4.1 and returns it exactly as it came
+/// (its raw JSON text): an integer 0..=2^53-1 in plain digits, or a string
+/// of at most 64 characters. Anything else is `bad_request`.
 fn parse_id(raw: &RawValue) -> Result<Box<str>, ProtoError> {
     let text = raw.get();
     if text.starts_with('"') {
+        // Characters are counted after unescaping: `"\u0041"` is one.
         let s: Cow<'_, str> = serde_json::from_str(text)
             .map_err(|_| ProtoError::new(ErrorCode::BadRequest, "invalid id"))?;
-        if s.chars().count() > 64 {
+        if s.chars().count() > MAX_STR_ID_CHARS {
             return Err(ProtoError::new(
                 ErrorCode::BadRequest,
                 "id longer than 64 characters",
             ));
         }
-        // Re-encode so the echoed id is canonical JSON.
-        return Ok(serde_json::to_string(&s)
-            .unwrap_or_default()
-            .into_boxed_str());
+        return Ok(text.into());
     }
     if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-        return Ok(text.into());
+        // JSON already forbids leading zeros; a fraction, an exponent or a
+        // sign leaves a non-digit, and more than 16 digits is over 2^53 - 1
+        // (so a 5,000-digit id is refused without being parsed).
+        let plain = text.len() <= 16 && text.bytes().all(|b| b.is_ascii_digit());
+        if plain && text.parse::<u64>().is_ok_and(|n| n <= MAX_INT_ID) {
+            return Ok(text.into());
+        }
+        return Err(ProtoError::new(
+            ErrorCode::BadRequest,
+            "id must be an integer from 0 to 9007199254740991 or a string of at most 64 characters",
+        ));
     }
     Err(ProtoError::new(
         ErrorCode::BadRequest,
@@ -593,6 +609,75 @@ mod tests {
     }
 
     #[test]
+    fn id_rule() {
+        let id_of = |id: &str| {
+            let frame = format!(r#"{{"type":"ping","id":{id}}}"#);
+            let (got, res) = parse_request(&frame, 100);
+            (
+                got.map(String::from),
+                res.map(|r| r == Request::Ping).map_err(|e| e.code),
+            )
+        };
+        let ok = |id: &str| assert_eq!(id_of(id), (Some(id.to_string()), Ok(true)), "{id}");
+        let bad = |id: &str| {
+            assert_eq!(id_of(id), (None, Err(ErrorCode::BadRequest)), "{id}");
+            // Valid JSON with an invalid id is not an unparsable frame.
+            let frame = format!(r#"{{"type":"ping","id":{id}}}"#);
+            let err = parse_request(&frame, 100).1.unwrap_err();
+            assert!(!err.unparsable, "{id}: {err:?}");
+        };
+        // Integers 0..=2^53-1 in plain digits, echoed as they came.
+        ok("0");
+        ok("7");
+        ok("9007199254740991");
+        ok(&MAX_INT_ID.to_string());
+        // Strings of at most 64 characters (counted unescaped), verbatim.
+        ok(r#""""#);
+        ok(r#""rejoin-7""#);
+        ok(&format!(r#""{}""#, "x".repeat(64)));
+        ok(&format!(r#""{}""#, "é".repeat(64)));
+        ok(&format!(r#""{}""#, "\\u00e9".repeat(64)));
+        ok(r#""a\"b\n""#);
+        // Everything else is bad_request, and the error carries no id.
+        bad("9007199254740992");
+        bad("18446744073709551616");
+        bad(&"9".repeat(5000));
+        bad(&format!("1{}", "0".repeat(4999)));
+        bad("-1");
+        bad("-0");
+        bad("1.5");
+        bad("1.0");
+        bad("1e3");
+        bad("1E3");
+        bad("true");
+        bad("false");
+        bad("null");
+        bad("{}");
+        bad(r#"{"a":1}"#);
+        bad("[]");
+        bad("[1]");
+        bad(&format!(r#""{}""#, "x".repeat(65)));
+        bad(&format!(r#""{}""#, "é".repeat(65)));
+        bad(r#""\ud800""#);
+        // An invalid id wins over any other error of the frame.
+        let (id, res) = parse(r#"{"type":"fly","id":1.5}"#);
+        assert_eq!((id, res.unwrap_err().code), (None, ErrorCode::BadRequest));
+        // A valid id is echoed by the error reply of an invalid request.
+        let (id, res) = parse(r#"{"type":"join","id":"j1"}"#);
+        assert_eq!(id.as_deref(), Some(r#""j1""#));
+        let err = res.unwrap_err();
+        let v: serde_json::Value =
+            serde_json::from_slice(&error_json(&id, err.code, &err.message, None)).unwrap();
+        assert_eq!(v["id"], "j1");
+        let (id, res) = parse(r#"{"type":"ping","id":1e3}"#);
+        let err = res.unwrap_err();
+        let v: serde_json::Value =
+            serde_json::from_slice(&error_json(&id, err.code, &err.message, None)).unwrap();
+        assert!(v.get("id").is_none(), "{v}");
+        assert_eq!(v["code"], "bad_request");
+    }
+
+    #[test]
     fn null_body_and_escaped_type() {
         assert_eq!(
             parse(r#"{"type":"publish","room":"r","body":null}"#).1,
@@ -601,9 +686,10 @@ mod tests {
                 body: "null"
             })
         );
+        // The id is echoed exactly as it came, escapes included.
         assert_eq!(
             parse(r#"{"type":"p\u0069ng","id":"\u0041"}"#),
-            (Some("\"A\"".into()), Ok(Request::Ping))
+            (Some(r#""\u0041""#.into()), Ok(Request::Ping))
         );
         // Absent optional numbers and explicit nulls mean the same.
         assert_eq!(

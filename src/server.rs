@@ -103,7 +103,11 @@ fn chat_apps(cfg: &Arc<Config>) -> Result<(Vec<ChatApp>, Option<SqliteStore>), S
         ),
         None => None,
     };
-    let auth = Authenticator::new(cfg.jwt_secret.as_deref().map(str::as_bytes), pem.as_deref())?;
+    let auth = Authenticator::new(
+        cfg.jwt_secret.as_deref().map(str::as_bytes),
+        pem.as_deref(),
+        cfg.jwt_leeway_s,
+    )?;
     let mut preload = Preload::default();
     let mut handle = None;
     let mut store_owner = None;

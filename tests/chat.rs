@@ -1323,7 +1323,8 @@ fn http_api_refuses_expired_and_wrongly_signed_tokens_with_401() {
     let expired = authenticator()
         .mint("ops", None, Some(1), None, true, now_secs() - 100)
         .unwrap();
-    let other = corechat::auth::Authenticator::new(Some(b"not-the-server-secret"), None).unwrap();
+    let other =
+        corechat::auth::Authenticator::new(Some(b"not-the-server-secret"), None, 0).unwrap();
     let wrongly_signed = other
         .mint("ops", None, Some(3600), None, true, now_secs())
         .unwrap();

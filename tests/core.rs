@@ -140,7 +140,7 @@ fn auth_failures_are_401_with_json() {
     let (status, body) = srv.http("GET", "/ws?token=garbage", &upgrade, "");
     assert_eq!(status, 401);
     assert!(body.contains("error"));
-    let wrong = corechat::auth::Authenticator::new(Some(b"another-secret"), None).unwrap();
+    let wrong = corechat::auth::Authenticator::new(Some(b"another-secret"), None, 0).unwrap();
     let bad_sig = wrong
         .mint(
             "eve",

@@ -123,7 +123,7 @@ impl Harness {
             ..Config::default()
         };
         let shared = Arc::new(ChatShared {
-            auth: Authenticator::new(Some(b"test-secret"), None).expect("hs256 key"),
+            auth: Authenticator::new(Some(b"test-secret"), None, 0).expect("hs256 key"),
             store: None,
             guest: false,
             node_id: "test".into(),
@@ -195,6 +195,7 @@ impl Harness {
             exp: None,
             rooms: None,
             admin: false,
+            guest: false,
         };
         let key = port.conns.insert(TestConn {
             id,

@@ -149,7 +149,7 @@ fn unsafe_free_kill(pid: u32, sig: i32) {
 }
 
 pub fn authenticator() -> Authenticator {
-    Authenticator::new(Some(SECRET.as_bytes()), None).expect("authenticator")
+    Authenticator::new(Some(SECRET.as_bytes()), None, 0).expect("authenticator")
 }
 
 /// A token for `user` signed with the test secret.
