@@ -118,12 +118,7 @@ fn chat_apps(cfg: &Arc<Config>) -> Result<(Vec<ChatApp>, Option<SqliteStore>), S
         handle = Some(h);
         store_owner = Some(st);
     }
-    let shared = Arc::new(ChatShared {
-        auth,
-        store: handle,
-        guest: cfg.guest,
-        node_id: cfg.node_id.clone(),
-    });
+    let shared = Arc::new(ChatShared::new(auth, handle, cfg));
     let apps = (0..cfg.shards)
         .map(|i| {
             let mut app = ChatApp::new(i, cfg.shards, shared.clone(), cfg);

@@ -24,7 +24,7 @@ impl ChatApp {
         let method = req.method.as_str();
         let path = req.path.as_str();
         if method == "POST" && path == "/api/guest" {
-            return Some(self.http_guest(&req));
+            return Some(self.http_guest(port, key, &req));
         }
         if method == "POST" && path == "/api/publish" {
             return self.http_publish(port, key, &req);
@@ -59,9 +59,25 @@ impl ChatApp {
             })
     }
 
-    fn http_guest(&mut self, req: &Request) -> Response {
+    fn http_guest(&mut self, port: &ChatPort, key: usize, req: &Request) -> Response {
         if !self.shared.guest {
             return Response::error(404, "guest login is off");
+        }
+        if let Some(ip) = port.peer_ip(key) {
+            let now_ms = crate::chat::now_unix_ms();
+            let verdict = self
+                .shared
+                .guest_rate
+                .lock()
+                .check(crate::limits::ip_group(ip), now_ms);
+            if let Err(retry_after_ms) = verdict {
+                let body = serde_json::json!({
+                    "error": "too many guest logins from this address",
+                    "retry_after_ms": retry_after_ms,
+                });
+                return Response::json(429, body.to_string())
+                    .header("retry-after", retry_after_ms.div_ceil(1000).to_string());
+            }
         }
         #[derive(serde::Deserialize)]
         struct GuestBody {

@@ -68,6 +68,24 @@ pub struct ChatShared {
     pub store: Option<StoreHandle>,
     pub guest: bool,
     pub node_id: String,
+    /// `POST /api/guest` per address (`--max-guests-per-ip-per-min`); a
+    /// lock on a cold path, shared so every shard counts the same address.
+    pub guest_rate: parking_lot::Mutex<crate::limits::KeyedRate<std::net::IpAddr>>,
+}
+
+impl ChatShared {
+    pub fn new(auth: Authenticator, store: Option<StoreHandle>, cfg: &Config) -> Self {
+        ChatShared {
+            auth,
+            store,
+            guest: cfg.guest,
+            node_id: cfg.node_id.clone(),
+            guest_rate: parking_lot::Mutex::new(crate::limits::KeyedRate::per_minute(
+                cfg.max_guests_per_ip_per_min,
+                65_536,
+            )),
+        }
+    }
 }
 
 /// Rooms and read markers loaded from the store at start; each shard takes

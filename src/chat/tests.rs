@@ -122,12 +122,8 @@ impl Harness {
             burst: 1_000_000,
             ..Config::default()
         };
-        let shared = Arc::new(ChatShared {
-            auth: Authenticator::new(Some(b"test-secret"), None, 0).expect("hs256 key"),
-            store: None,
-            guest: false,
-            node_id: "test".into(),
-        });
+        let auth = Authenticator::new(Some(b"test-secret"), None, 0).expect("hs256 key");
+        let shared = Arc::new(ChatShared::new(auth, None, &cfg));
         let apps = (0..shards)
             .map(|i| ChatApp::new(i, shards, shared.clone(), &cfg))
             .collect();

@@ -55,6 +55,8 @@ pub struct Conn<S> {
     /// An HTTP request is being answered asynchronously; read no more.
     pub awaiting_reply: bool,
     pub keep_alive: bool,
+    /// The request being answered is a HEAD: its response has no body.
+    pub head_request: bool,
     /// We sent a close frame (the peer's close then ends the connection).
     pub close_sent: bool,
     /// Reading stopped: the server owes this connection too much (queued
@@ -87,6 +89,7 @@ impl<S> Conn<S> {
             ip_counted: false,
             awaiting_reply: false,
             keep_alive: true,
+            head_request: false,
             close_sent: false,
             reads_paused: false,
             drain_notice: false,

@@ -164,7 +164,14 @@ impl<M, S> Core<M, S> {
             conn.phase = Phase::Draining;
             conn.deadline_ms = self.now_ms + CLOSE_GRACE_MS;
         }
-        self.push_raw(key, resp.encode(keep_alive));
+        // Head and body go as two buffers: a static asset's body is shared,
+        // never copied per request. HEAD gets the head alone.
+        let method = if conn.head_request { "HEAD" } else { "GET" };
+        let (head, body) = resp.encode_parts_for(method, keep_alive);
+        self.push_raw(key, head);
+        if let Some(body) = body {
+            self.push_raw(key, body);
+        }
     }
 
     /// Sends each destination its batch of this turn: one channel send and

@@ -204,6 +204,7 @@ impl<A: App> Shard<A> {
                 let now = self.core.now_ms;
                 let conn = &mut self.core.conns[key];
                 conn.keep_alive = req.keep_alive;
+                conn.head_request = req.is_head();
                 conn.progress_ms = now;
                 self.handle_http(key, req);
                 Step::Consumed(used)
@@ -287,6 +288,12 @@ impl<A: App> Shard<A> {
                 Response::error(400, "missing sec-websocket-key"),
             );
         };
+        if !req.ws_key_valid() {
+            return refuse(
+                &mut self.core,
+                Response::error(400, http::INVALID_WS_KEY),
+            );
+        }
         let admission = self.app.admission();
         if admission && !cfg.allowed_origins.is_empty() {
             let ok = req

@@ -412,6 +412,12 @@ impl<A: App> Shard<A> {
                 }
             }
         }
+        // Per-address entries nobody uses any more are freed (the first
+        // shard to sweep in a second does the work).
+        self.core
+            .shared
+            .ip_limiter
+            .sweep(self.core.shared.started.elapsed().as_secs());
         self.app.on_tick(&mut self.core);
     }
 }
