@@ -235,14 +235,18 @@ impl<K: Hash + Eq> KeyedRate<K> {
     }
 }
 
-/// Token bucket over publish, dm and typing (PROTOCOL.md 5.4).
+/// Token bucket over publish, dm, typing and read (PROTOCOL.md 5.4).
+///
+/// 16 bytes: every connection carries two. Times are the shard clock cut to
+/// 32 bits and compared with wrapping arithmetic, which is exact for gaps
+/// under 49 days (a longer silence refills the bucket less; harmless).
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    tokens: f64,
-    last_ms: u64,
+    tokens: f32,
+    last_ms: u32,
     /// Requests refused in the current one-second window, to spot abuse.
     refused_in_window: u32,
-    window_start_ms: u64,
+    window_start_ms: u32,
 }
 
 /// The bucket's answer to one request.
@@ -265,23 +269,25 @@ const ABUSE_FACTOR: f64 = 3.0;
 impl TokenBucket {
     pub fn new(burst: u32, now_ms: u64) -> Self {
         TokenBucket {
-            tokens: f64::from(burst),
-            last_ms: now_ms,
+            tokens: burst as f32,
+            last_ms: now_ms as u32,
             refused_in_window: 0,
-            window_start_ms: now_ms,
+            window_start_ms: now_ms as u32,
         }
     }
 
     pub fn admit(&mut self, rate_per_sec: u32, burst: u32, now_ms: u64) -> Admit {
         let rate = f64::from(rate_per_sec.max(1));
-        let elapsed = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
-        self.tokens = (self.tokens + elapsed * rate).min(f64::from(burst));
+        let now_ms = now_ms as u32;
+        let elapsed = f64::from(now_ms.wrapping_sub(self.last_ms)) / 1000.0;
+        let tokens = (f64::from(self.tokens) + elapsed * rate).min(f64::from(burst));
         self.last_ms = now_ms;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if tokens >= 1.0 {
+            self.tokens = (tokens - 1.0) as f32;
             return Admit::Yes;
         }
-        if now_ms.saturating_sub(self.window_start_ms) >= 1000 {
+        self.tokens = tokens as f32;
+        if now_ms.wrapping_sub(self.window_start_ms) >= 1000 {
             self.window_start_ms = now_ms;
             self.refused_in_window = 0;
         }
@@ -289,7 +295,7 @@ impl TokenBucket {
         if f64::from(self.refused_in_window) > ABUSE_FACTOR * rate + f64::from(burst) {
             return Admit::Abuse;
         }
-        let retry_after_ms = (((1.0 - self.tokens) / rate) * 1000.0).ceil() as u64;
+        let retry_after_ms = (((1.0 - tokens) / rate) * 1000.0).ceil() as u64;
         Admit::No {
             retry_after_ms: retry_after_ms.max(1),
         }

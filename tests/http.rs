@@ -31,14 +31,24 @@ fn content_length(head: &str) -> usize {
 #[test]
 fn head_has_the_length_of_get_and_no_body() {
     let srv = Server::start(&[]);
-    let get = raw(&srv.addr, "GET /corechat.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let head = raw(&srv.addr, "HEAD /corechat.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let get = raw(
+        &srv.addr,
+        "GET /corechat.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let head = raw(
+        &srv.addr,
+        "HEAD /corechat.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     let (get_head, get_body) = get.split_once("\r\n\r\n").expect("GET response");
     let (head_head, head_body) = head.split_once("\r\n\r\n").expect("HEAD response");
     assert!(head_head.starts_with("HTTP/1.1 200"), "{head_head}");
     assert_eq!(content_length(head_head), content_length(get_head));
     assert_eq!(content_length(get_head), get_body.len());
-    assert!(head_body.is_empty(), "HEAD sent {} body bytes", head_body.len());
+    assert!(
+        head_body.is_empty(),
+        "HEAD sent {} body bytes",
+        head_body.len()
+    );
 }
 
 #[test]
@@ -46,14 +56,19 @@ fn pipelined_requests_are_answered_one_by_one_in_order() {
     let srv = Server::start(&[]);
     let mut req = String::new();
     for _ in 0..20 {
-        req.push_str("GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /corechat.js HTTP/1.1\r\nHost: x\r\n\r\n");
+        req.push_str(
+            "GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /corechat.js HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
     }
     req.push_str("GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let resp = raw(&srv.addr, &req);
     let statuses = resp.matches("HTTP/1.1 200").count();
     assert_eq!(statuses, 41, "every pipelined request answered");
     let last = resp.rfind("HTTP/1.1 200").expect("last response");
-    assert!(resp[last..].contains("\"ready\""), "the last answer is /ready's");
+    assert!(
+        resp[last..].contains("\"ready\""),
+        "the last answer is /ready's"
+    );
 }
 
 #[test]
@@ -72,7 +87,8 @@ fn a_sec_websocket_key_that_is_not_16_bytes_is_refused() {
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
     assert!(bad.contains("sec-websocket-key"), "{bad}");
     let mut good = TcpStream::connect(&srv.addr).unwrap();
-    good.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    good.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     good.write_all(
         format!(
             "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"

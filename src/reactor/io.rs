@@ -289,10 +289,7 @@ impl<A: App> Shard<A> {
             );
         };
         if !req.ws_key_valid() {
-            return refuse(
-                &mut self.core,
-                Response::error(400, http::INVALID_WS_KEY),
-            );
+            return refuse(&mut self.core, Response::error(400, http::INVALID_WS_KEY));
         }
         let admission = self.app.admission();
         if admission && !cfg.allowed_origins.is_empty() {
