@@ -185,7 +185,16 @@ impl Client {
         let mut buf = Vec::new();
         let mut tmp = [0u8; 4096];
         loop {
-            let n = s.read(&mut tmp)?;
+            let n = match s.read(&mut tmp) {
+                Ok(n) => n,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    anyhow::bail!("no upgrade response within 10 s")
+                }
+                Err(e) => return Err(e.into()),
+            };
             anyhow::ensure!(n > 0, "connection closed during the upgrade");
             buf.extend_from_slice(&tmp[..n]);
             match ws::parse_upgrade_response(&buf) {
@@ -460,7 +469,9 @@ fn publish_paced(
             anyhow::bail!("publisher disconnected ({e}) after {acked}/{n}");
         }
         let mut wait = Duration::from_millis(20);
-        if in_flight < 8 {
+        // few bytes in flight: the echoes of our own publishes must not pile up on a server
+        // with a small --max-outbound-bytes (this is setup, not the attack)
+        if in_flight < (32 * 1024 / size).clamp(1, 8) {
             if let Some(&k) = queue.front() {
                 match pacer.take() {
                     Ok(()) => {
@@ -1036,31 +1047,44 @@ fn room_churn(x: &Ctx) -> anyhow::Result<Verdict> {
     let mut ops = 0usize;
     let mut replies: BTreeMap<String, u64> = BTreeMap::new();
     let mut id = 0u64;
-    let batch = 100usize;
-    while ops < max_ops && Instant::now() < deadline && c.ended.is_none() {
+    let mut unanswered = 0u64;
+    // each batch: join 25 new rooms, leave the previous batch's rooms, 25 history of random
+    // rooms, 25 dm to random users; then read the replies (at most 1 s per batch)
+    let mut joined_prev: Vec<String> = Vec::new();
+    loop {
+        let last = ops >= max_ops || Instant::now() >= deadline || c.ended.is_some();
+        if last && joined_prev.is_empty() {
+            break;
+        }
         let mut out = Vec::new();
         let first_id = id;
-        let mut k = 0;
-        while k < batch && ops + k < max_ops {
-            let r = format!("churn-{:x}", rng.next());
-            let (join, leave, hist, dm) = (
-                json!({"type":"join","room":r,"id":id}),
-                json!({"type":"leave","room":r,"id":id + 1}),
-                json!({"type":"history","room":format!("churn-{:x}", rng.next()),"limit":10,"id":id + 2}),
-                json!({"type":"dm","to":format!("u-{:x}", rng.next() % 0xffff_ffff),"body":"hi","id":id + 3}),
-            );
-            for v in [join, leave, hist, dm] {
-                c.frame(&mut out, &v.to_string());
-            }
-            id += 4;
-            k += 4;
+        let mut next_rooms = Vec::new();
+        for r in joined_prev.drain(..) {
+            c.frame(&mut out, &json!({"type":"leave","room":r,"id":id}).to_string());
+            id += 1;
         }
-        c.write_until(&out, deadline);
-        ops += k;
+        if !last {
+            for _ in 0..25 {
+                let r = format!("churn-{:x}", rng.next());
+                let reqs = [
+                    json!({"type":"join","room":r,"id":id}),
+                    json!({"type":"history","room":format!("churn-{:x}", rng.next()),"limit":10,"id":id + 1}),
+                    json!({"type":"dm","to":format!("u-{:x}", rng.next() % 0xffff_ffff),"body":"hi","id":id + 2}),
+                ];
+                for v in reqs {
+                    c.frame(&mut out, &v.to_string());
+                }
+                id += 3;
+                next_rooms.push(r);
+            }
+        }
+        let batch_deadline = (Instant::now() + Duration::from_secs(1)).min(deadline + Duration::from_secs(1));
+        c.write_until(&out, batch_deadline);
+        ops += (id - first_id) as usize;
         // every request is answered (dm with ack or an error): wait for the batch
         let want = (id - first_id) as usize;
         let mut seen = 0usize;
-        c.read_until(deadline, |v| {
+        c.read_until(batch_deadline, |v| {
             if let Some(i) = v["id"].as_u64() {
                 if i >= first_id && i < id {
                     seen += 1;
@@ -1074,6 +1098,11 @@ fn room_churn(x: &Ctx) -> anyhow::Result<Verdict> {
             }
             seen < want
         });
+        unanswered += (want - seen.min(want)) as u64;
+        joined_prev = next_rooms;
+        if c.ended.is_some() {
+            break;
+        }
     }
     let secs = t0.elapsed().as_secs_f64();
     let rl = replies.get("error rate_limited").copied().unwrap_or(0);
@@ -1098,9 +1127,9 @@ fn room_churn(x: &Ctx) -> anyhow::Result<Verdict> {
                 }
             },
             ended.as_ref().map_or(String::new(), |e| format!("; ended: {e}"))
-        ),
+        ) + &if unanswered > 0 { format!("; {unanswered} unanswered") } else { String::new() },
         pass: None,
-        details: json!({"ops": ops, "secs": secs, "replies": replies, "ended": ended}),
+        details: json!({"ops": ops, "secs": secs, "replies": replies, "unanswered": unanswered, "ended": ended}),
     })
 }
 
@@ -1321,6 +1350,7 @@ pub fn table(rows: &[Value], markdown: bool) -> String {
         "normal p50 ms",
         "p99 ms",
         "connected",
+        "echoes",
         "verdict",
     ];
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
@@ -1336,6 +1366,10 @@ pub fn table(rows: &[Value], markdown: bool) -> String {
                 "y".into()
             } else {
                 "n".into()
+            },
+            match (r["normal"]["echoed"].as_u64(), r["normal"]["sent"].as_u64()) {
+                (Some(e), Some(s)) => format!("{e}/{s}"),
+                _ => "-".into(),
             },
             format!(
                 "{}{}",
