@@ -179,7 +179,12 @@ impl Client {
     pub fn upgrade(t: &Target, role: &str) -> anyhow::Result<Client> {
         let mut s = t.tcp()?;
         let mut req = Vec::new();
-        ws::upgrade_request(&mut req, &t.ws_path(role), &t.host, "dGhlIHNhbXBsZSBub25jZQ==");
+        ws::upgrade_request(
+            &mut req,
+            &t.ws_path(role),
+            &t.host,
+            "dGhlIHNhbXBsZSBub25jZQ==",
+        );
         s.write_all(&req)?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut buf = Vec::new();
@@ -389,7 +394,9 @@ fn write_until(s: &mut TcpStream, bytes: &[u8], deadline: Instant) -> usize {
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) => {}
             Err(_) => break,
         }
@@ -422,8 +429,7 @@ impl Pacer {
     /// Take a token if there is one; else how long until there is.
     fn take(&mut self) -> Result<(), Duration> {
         let now = Instant::now();
-        self.tokens =
-            (self.tokens + (now - self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -591,7 +597,12 @@ impl Normal {
 }
 
 /// A member of its own room publishing every `interval` and timing its own echo, until `stop`.
-fn normal_client(t: Arc<Target>, room: String, interval: Duration, stop: Arc<AtomicBool>) -> Normal {
+fn normal_client(
+    t: Arc<Target>,
+    room: String,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) -> Normal {
     let mut r = Normal::default();
     let (mut c, _w) = match Client::connect(&t, "normal") {
         Ok(x) => x,
@@ -786,7 +797,11 @@ fn request_flood(x: &Ctx, kind: &str) -> anyhow::Result<Verdict> {
         "rooms" => {
             // a longer `rooms` reply: this member is in many rooms
             for i in 0..x.a.flood_rooms {
-                c.join(&x.t.room(&format!("rooms-flood-{i}")), None, 2_000_000 + i as u64)?;
+                c.join(
+                    &x.t.room(&format!("rooms-flood-{i}")),
+                    None,
+                    2_000_000 + i as u64,
+                )?;
             }
             setup = format!("joined {} rooms; ", x.a.flood_rooms + 1);
         }
@@ -819,7 +834,11 @@ fn request_flood(x: &Ctx, kind: &str) -> anyhow::Result<Verdict> {
             sent_reqs,
             wrote / 1024,
             out.len() / 1024,
-            if closed { "closed by server" } else { "still open" }
+            if closed {
+                "closed by server"
+            } else {
+                "still open"
+            }
         ),
         pass: None,
         details: json!({"requests": n, "bytes": out.len(), "bytes_written": wrote, "write_secs": write_secs, "closed_by_server": closed}),
@@ -832,7 +851,14 @@ fn resume_backlog(x: &Ctx) -> anyhow::Result<Verdict> {
     let mut pacer = Pacer::from_welcome(&w);
     let room = x.t.room("backlog");
     p.join(&room, None, 1_000_000)?;
-    let seqs = publish_paced(&mut p, &mut pacer, &room, m, x.a.big_body, Instant::now() + x.setup)?;
+    let seqs = publish_paced(
+        &mut p,
+        &mut pacer,
+        &room,
+        m,
+        x.a.big_body,
+        Instant::now() + x.setup,
+    )?;
     let last = seqs.iter().copied().max().unwrap_or(0);
     let first = last + 1 - m as u64;
     // the fresh reader
@@ -871,7 +897,10 @@ fn resume_backlog(x: &Ctx) -> anyhow::Result<Verdict> {
                     if seq == last && !live_sent {
                         replay_secs = Some(t0.elapsed().as_secs_f64());
                         live_sent = true;
-                        p.send(&json!({"type":"publish","room":room,"id":"live","body":{"live":true}}).to_string())?;
+                        p.send(
+                            &json!({"type":"publish","room":room,"id":"live","body":{"live":true}})
+                                .to_string(),
+                        )?;
                     } else if seq == last + 1 && v["body"]["live"] == true {
                         live_ok = true;
                     }
@@ -1060,7 +1089,10 @@ fn room_churn(x: &Ctx) -> anyhow::Result<Verdict> {
         let first_id = id;
         let mut next_rooms = Vec::new();
         for r in joined_prev.drain(..) {
-            c.frame(&mut out, &json!({"type":"leave","room":r,"id":id}).to_string());
+            c.frame(
+                &mut out,
+                &json!({"type":"leave","room":r,"id":id}).to_string(),
+            );
             id += 1;
         }
         if !last {
@@ -1078,7 +1110,8 @@ fn room_churn(x: &Ctx) -> anyhow::Result<Verdict> {
                 next_rooms.push(r);
             }
         }
-        let batch_deadline = (Instant::now() + Duration::from_secs(1)).min(deadline + Duration::from_secs(1));
+        let batch_deadline =
+            (Instant::now() + Duration::from_secs(1)).min(deadline + Duration::from_secs(1));
         c.write_until(&out, batch_deadline);
         ops += (id - first_id) as usize;
         // every request is answered (dm with ack or an error): wait for the batch
@@ -1529,7 +1562,10 @@ mod tests {
         assert!(p.take().is_ok());
         assert!(p.take().is_ok());
         let d = p.take().unwrap_err();
-        assert!(d > Duration::ZERO && d < Duration::from_millis(200), "{d:?}");
+        assert!(
+            d > Duration::ZERO && d < Duration::from_millis(200),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -1542,7 +1578,9 @@ mod tests {
         assert_eq!(n.pct(0.5), Some(50.0));
         assert_eq!(n.pct(0.99), Some(99.0));
         assert_eq!(Normal::default().pct(0.5), None);
-        let rows = vec![json!({"shape":"read-spam","rss_start_mib":null,"normal_p50_ms":1.5,"normal_connected":true,"verdict":"ok","pass":true})];
+        let rows = vec![
+            json!({"shape":"read-spam","rss_start_mib":null,"normal_p50_ms":1.5,"normal_connected":true,"verdict":"ok","pass":true}),
+        ];
         let t = table(&rows, false);
         assert!(t.contains("read-spam"), "{t}");
         assert!(t.contains("n/a"), "{t}");

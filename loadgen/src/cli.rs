@@ -600,7 +600,8 @@ mod tests {
         assert_eq!((a.duration, a.http_conns, a.http_requests), (10.0, 3, 6000));
         assert_eq!((a.backlog, a.pipeline, a.read_spam), (600, 64, 300));
         assert_eq!(a.partial_conns, 1000);
-        let Cmd::Abuse(a) = Cli::parse_from(["loadgen", "abuse", "--shapes", "read-spam,room-churn"]).cmd
+        let Cmd::Abuse(a) =
+            Cli::parse_from(["loadgen", "abuse", "--shapes", "read-spam,room-churn"]).cmd
         else {
             panic!()
         };

@@ -249,7 +249,10 @@ pub fn table_text(dirs: &[PathBuf], markdown: bool) -> anyhow::Result<String> {
                     "{}abuse: {label}\n",
                     if markdown { "### " } else { "== " }
                 );
-                let shapes = s["figures"]["shapes"].as_array().cloned().unwrap_or_default();
+                let shapes = s["figures"]["shapes"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 out.push_str(&crate::abuse::table(&shapes, markdown));
                 out.push('\n');
             }
