@@ -52,6 +52,11 @@ pub enum Cmd {
     /// --rate): acks/s, publish->ack latency p50/p90/p99/p99.9/max, errors by code
     #[command(after_help = ACKS_HELP)]
     Acks(AcksArgs),
+    /// Hostile-client shapes, one after another (extension, PROTOCOL.md 5.6): per shape the
+    /// server's RSS (start/peak/end), a well-behaved member's publish->echo p50/p99 during the
+    /// attack, and a verdict
+    #[command(after_help = ABUSE_HELP)]
+    Abuse(AbuseArgs),
     /// Run a tiny built-in corechat-compatible server (batched writes) to measure the load
     /// generator's own ceiling: `taskset -c 1 loadgen mock-server & taskset -c 0 loadgen fanout ...`
     MockServer {
@@ -345,6 +350,88 @@ pub struct AcksArgs {
     pub warmup: f64,
 }
 
+const ABUSE_HELP: &str = "\
+Shapes (--shapes a,b,c; default all, in this order):
+  http-pipeline      N conns each write K pipelined `GET /corechat.js` in one write, never read
+  history-flood      fill a room with 100 x 15 KB messages (paced by welcome.limits), then 4,000
+                     `history` (limit 100) in one write, read nothing
+  presence-flood     the same with `presence`
+  rooms-flood        the same with `rooms` (the member is in --flood-rooms rooms)
+  resume-backlog     publish M x 15 KB, a fresh member joins with since 0 and reads: all M in
+                     order, then a live one, no gap (1013 = fail)
+  pipelined-publish  P publishes of 8 KB in one write, then read: all acked and echoed, no 1013
+  read-spam          a member sends `read` of the same seq 300 times; another counts `read` frames
+  room-churn         join/leave random rooms, history of random rooms, dm random users
+  partial-frames     1,000 upgraded conns send half a frame and trickle 1 byte/s
+
+Example:
+  corechat serve --store memory --listen 127.0.0.1:8080 --shards 1 --jwt-secret S \\
+      --rate-per-sec 1000 --burst 1000 --max-outbound-bytes 65536 &
+  loadgen abuse --jwt-secret S --server-pid $! --out /tmp/abuse
+
+Use --source-ips 127.0.0.2-127.0.0.20 for partial-frames against per-IP caps.";
+
+#[derive(Args, Debug, Clone)]
+pub struct AbuseArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Shapes to run, comma-separated (default: all)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "http-pipeline,history-flood,presence-flood,rooms-flood,resume-backlog,pipelined-publish,read-spam,room-churn,partial-frames"
+    )]
+    pub shapes: Vec<String>,
+    /// Attack time per shape, seconds (setup such as filling a room is bounded by --setup-timeout)
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// After a shape's attack stops, wait this long before the "end" RSS sample, seconds
+    #[arg(long, default_value_t = 2.0)]
+    pub settle: f64,
+    /// Bound on a shape's setup (filling rooms at the server's rate limit, connecting), seconds
+    #[arg(long, default_value_t = 60.0)]
+    pub setup_timeout: f64,
+    /// http-pipeline: connections (N)
+    #[arg(long, default_value_t = 3)]
+    pub http_conns: usize,
+    /// http-pipeline: requests per connection (K)
+    #[arg(long, default_value_t = 6000)]
+    pub http_requests: usize,
+    /// history-flood: messages that fill the room
+    #[arg(long, default_value_t = 100)]
+    pub flood_messages: usize,
+    /// *-flood: requests written at once
+    #[arg(long, default_value_t = 4000)]
+    pub flood_requests: usize,
+    /// rooms-flood: extra rooms the flooding member joins first
+    #[arg(long, default_value_t = 100)]
+    pub flood_rooms: usize,
+    /// history-flood, resume-backlog: body size, bytes (capped below welcome.limits.max_body_bytes)
+    #[arg(long, default_value_t = 15_000)]
+    pub big_body: usize,
+    /// resume-backlog: messages in the backlog (M)
+    #[arg(long, default_value_t = 600)]
+    pub backlog: usize,
+    /// pipelined-publish: publishes in one write (P)
+    #[arg(long, default_value_t = 64)]
+    pub pipeline: usize,
+    /// pipelined-publish: body size, bytes
+    #[arg(long, default_value_t = 8192)]
+    pub pipeline_body: usize,
+    /// read-spam: `read` requests of the same seq
+    #[arg(long, default_value_t = 300)]
+    pub read_spam: usize,
+    /// room-churn: at most this many requests
+    #[arg(long, default_value_t = 20_000)]
+    pub churn_ops: usize,
+    /// partial-frames: connections
+    #[arg(long, default_value_t = 1000)]
+    pub partial_conns: usize,
+    /// The well-behaved member publishes every this many ms
+    #[arg(long, default_value_t = 50)]
+    pub normal_interval_ms: u64,
+}
+
 /// A parsed ws:// URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsUrl {
@@ -501,6 +588,24 @@ mod tests {
         };
         assert_eq!((a.conns, a.rooms, a.window, a.body), (4, 1000, 8, 200));
         assert_eq!((a.rate, a.duration, a.warmup), (5000.0, 2.0, 0.5));
+    }
+
+    #[test]
+    fn abuse_defaults() {
+        let Cmd::Abuse(a) = Cli::parse_from(["loadgen", "abuse"]).cmd else {
+            panic!()
+        };
+        assert_eq!(a.shapes.len(), crate::abuse::SHAPES.len());
+        assert_eq!(a.shapes, crate::abuse::SHAPES);
+        assert_eq!((a.duration, a.http_conns, a.http_requests), (10.0, 3, 6000));
+        assert_eq!((a.backlog, a.pipeline, a.read_spam), (600, 64, 300));
+        assert_eq!(a.partial_conns, 1000);
+        let Cmd::Abuse(a) =
+            Cli::parse_from(["loadgen", "abuse", "--shapes", "read-spam,room-churn"]).cmd
+        else {
+            panic!()
+        };
+        assert_eq!(a.shapes, ["read-spam", "room-churn"]);
     }
 
     #[test]

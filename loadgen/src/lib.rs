@@ -2,6 +2,7 @@
 //! `BENCHMARKS.md` against corechat and its peers, and reports figures, HDR histograms and
 //! interval logs.
 
+pub mod abuse;
 pub mod cli;
 pub mod driver;
 pub mod engine;

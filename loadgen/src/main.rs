@@ -50,6 +50,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             eprintln!("wrote {}", svg.display());
             Ok(())
         }
+        Cmd::Abuse(a) => {
+            let outcome = loadgen::abuse::run(a)?;
+            print!("{}", outcome.text);
+            if let Some(dir) = &a.common.out {
+                scenarios::write_out(dir, &outcome)?;
+                println!("results in {}", dir.display());
+            }
+            Ok(())
+        }
         cmd => {
             let (spec, common) = scenarios::Spec::from_cmd(cmd).expect("a scenario");
             let outcome = scenarios::run(&spec, &common)?;

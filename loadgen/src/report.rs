@@ -241,6 +241,23 @@ pub fn table_text(dirs: &[PathBuf], markdown: bool) -> anyhow::Result<String> {
     for scn in order {
         let rows = &by_scn[&scn];
         let first = &rows[0].1;
+        if scn == "abuse" {
+            // one table per directory, a row per shape
+            for (label, s) in rows {
+                let _ = writeln!(
+                    out,
+                    "{}abuse: {label}\n",
+                    if markdown { "### " } else { "== " }
+                );
+                let shapes = s["figures"]["shapes"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                out.push_str(&crate::abuse::table(&shapes, markdown));
+                out.push('\n');
+            }
+            continue;
+        }
         let (header, f): (Vec<&str>, RowFn) = match scn.as_str() {
             "fanout" | "rooms" | "bigroom" => (
                 vec![

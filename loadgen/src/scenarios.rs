@@ -161,7 +161,9 @@ impl Spec {
                 },
                 a.common.clone(),
             ),
-            Compare { .. } | Plot { .. } | MockServer { .. } | Table { .. } => return None,
+            Compare { .. } | Plot { .. } | MockServer { .. } | Table { .. } | Abuse(_) => {
+                return None
+            }
         })
     }
 

@@ -500,3 +500,79 @@ fn acks_refuses_peers() {
     .expect("must fail");
     assert!(format!("{err:#}").contains("--target corechat"), "{err:#}");
 }
+
+#[test]
+fn abuse_against_corechat_reports_every_shape() {
+    // small parameters: the run must finish well under 60 s against a debug build
+    let srv = Corechat::start(
+        "abuse-secret",
+        &[
+            "--store",
+            "memory",
+            "--rate-per-sec",
+            "1000",
+            "--burst",
+            "1000",
+            "--max-outbound-bytes",
+            "65536",
+        ],
+    );
+    let dir = std::env::temp_dir().join(format!("loadgen-e2e-abuse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let shapes = ["read-spam", "pipelined-publish", "resume-backlog"];
+    let t0 = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["abuse", "--url", &srv.url(), "--jwt-secret", "abuse-secret"])
+        .args(["--server-pid", &srv.child.id().to_string()])
+        .args(["--shapes", &shapes.join(",")])
+        .args([
+            "--duration",
+            "3",
+            "--settle",
+            "0.3",
+            "--setup-timeout",
+            "10",
+        ])
+        .args(["--backlog", "60", "--pipeline", "16", "--read-spam", "50"])
+        .args(["--no-progress", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("run loadgen abuse");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(t0.elapsed().as_secs() < 60, "took {:?}", t0.elapsed());
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["scenario"], "abuse");
+    let rows = s["figures"]["shapes"].as_array().expect("shapes rows");
+    assert_eq!(rows.len(), shapes.len(), "{s}");
+    for (row, shape) in rows.iter().zip(shapes) {
+        assert_eq!(row["shape"], shape, "{row}");
+        // memory: numbers (the server pid was given), peak at least start and end
+        let (a, p, e) = (
+            row["rss_start_mib"].as_f64(),
+            row["rss_peak_mib"].as_f64(),
+            row["rss_end_mib"].as_f64(),
+        );
+        let (a, p, e) = (
+            a.expect("rss start"),
+            p.expect("rss peak"),
+            e.expect("rss end"),
+        );
+        assert!(a > 0.0 && p >= a && p >= e && e > 0.0, "{row}");
+        // the verdict is there (whether the server passes is not this test's business)
+        let v = row["verdict"].as_str().expect("verdict");
+        assert!(!v.is_empty() && !v.starts_with("error:"), "{row}");
+        assert!(row["pass"].is_boolean(), "{row}");
+        assert!(row["normal_connected"].is_boolean(), "{row}");
+        assert!(row["normal"]["sent"].is_u64(), "{row}");
+        assert!(stdout.contains(shape), "{stdout}");
+    }
+    // `loadgen table` shows it
+    let t = loadgen::report::table_text(std::slice::from_ref(&dir), false).unwrap();
+    assert!(t.contains("resume-backlog") && t.contains("verdict"), "{t}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
