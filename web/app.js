@@ -1068,9 +1068,8 @@ function renderSuggest() {
             onmousedown: (e) => e.preventDefault(), // keep the focus in the input
             onclick: () => pickUser(u.id),
           },
-          avatar(u.id, u.name, "xs"),
-          h("span", { class: "suggest-name", text: u.name }),
-          h("span", { class: "suggest-id", text: `@${u.id}` }),
+          avatar(u.id, u.name, "sm"),
+          h("span", { class: "suggest-text" }, h("span", { class: "suggest-name", text: u.name }), h("span", { class: "suggest-id", text: `@${u.id}` })),
         ),
       ),
     );
