@@ -375,15 +375,25 @@ mod tests {
             if let Some(rest) = line.strip_prefix("# HELP ") {
                 let (name, help_text) = rest.split_once(' ').expect("HELP has a text");
                 assert!(!help_text.trim().is_empty(), "{line}");
-                assert_ne!(help_text, "corechat metric.", "{name} has no help of its own");
+                assert_ne!(
+                    help_text, "corechat metric.",
+                    "{name} has no help of its own"
+                );
                 assert!(!helps.contains(&name), "HELP twice for {name}");
                 helps.push(name);
                 last_help = Some(name);
             } else if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').expect("TYPE has a kind");
-                assert_eq!(last_help, Some(name), "HELP must come right before TYPE of {name}");
+                assert_eq!(
+                    last_help,
+                    Some(name),
+                    "HELP must come right before TYPE of {name}"
+                );
                 assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
-                assert!(types.iter().all(|(n, _)| *n != name), "TYPE twice for {name}");
+                assert!(
+                    types.iter().all(|(n, _)| *n != name),
+                    "TYPE twice for {name}"
+                );
                 types.push((name, kind));
                 last_help = None;
             } else {

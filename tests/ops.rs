@@ -109,7 +109,11 @@ fn dashboard_metrics(dashboard: &Value) -> BTreeSet<String> {
     }
     let mut all = Vec::new();
     exprs(dashboard, &mut all);
-    assert!(all.len() >= 20, "the dashboard has only {} queries", all.len());
+    assert!(
+        all.len() >= 20,
+        "the dashboard has only {} queries",
+        all.len()
+    );
     let mut names = BTreeSet::new();
     for expr in all {
         // corechat_[a-z_]+, not inside a longer identifier
@@ -170,7 +174,9 @@ fn dashboard_queries_only_metrics_the_server_exports() {
     let dashboard: Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("read the dashboard"))
             .expect("the dashboard is JSON");
-    assert!(dashboard["panels"].as_array().is_some_and(|p| !p.is_empty()));
+    assert!(dashboard["panels"]
+        .as_array()
+        .is_some_and(|p| !p.is_empty()));
     let used = dashboard_metrics(&dashboard);
 
     let srv = Server::start(&["--shards", "2"]);
@@ -220,6 +226,9 @@ fn dashboard_queries_only_metrics_the_server_exports() {
         "corechat_auth_failures_total",
         "corechat_open_fds",
     ] {
-        assert!(used.contains(family), "the dashboard has no panel on {family}");
+        assert!(
+            used.contains(family),
+            "the dashboard has no panel on {family}"
+        );
     }
 }
