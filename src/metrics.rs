@@ -152,6 +152,95 @@ impl ShardMetrics {
     }
 }
 
+/// One line of help per metric family (`# HELP`), by family name.
+const HELP: &[(&str, &str)] = &[
+    (
+        "corechat_connections_open",
+        "Connections open now (WebSocket and HTTP), per shard.",
+    ),
+    (
+        "corechat_connections_total",
+        "Connections accepted since start, per shard.",
+    ),
+    (
+        "corechat_http_requests_total",
+        "Plain HTTP requests served (API, assets, health, metrics), per shard.",
+    ),
+    (
+        "corechat_frames_in_total",
+        "WebSocket data frames received from clients, per shard.",
+    ),
+    (
+        "corechat_frames_out_total",
+        "WebSocket frames queued to clients, per shard.",
+    ),
+    (
+        "corechat_bytes_in_total",
+        "Bytes read from client sockets, per shard.",
+    ),
+    (
+        "corechat_bytes_out_total",
+        "Bytes written to client sockets, per shard.",
+    ),
+    (
+        "corechat_publishes_total",
+        "Messages published (publish, dm and the HTTP API) and numbered by their room's home shard.",
+    ),
+    (
+        "corechat_deliveries_total",
+        "Message frames queued to member connections (fan-out), per shard.",
+    ),
+    (
+        "corechat_rate_limited_total",
+        "Requests refused with rate_limited, per shard.",
+    ),
+    (
+        "corechat_auth_failures_total",
+        "Tokens refused (missing, malformed, wrongly signed, expired) on upgrade or HTTP API, per shard.",
+    ),
+    (
+        "corechat_rejected_upgrades_total",
+        "WebSocket upgrades refused (bad request, origin, per-IP caps, draining), per shard.",
+    ),
+    (
+        "corechat_accept_errors_total",
+        "Errors from accept() on the listening socket, per shard.",
+    ),
+    (
+        "corechat_errors_sent_total",
+        "Error frames sent to clients, per shard.",
+    ),
+    (
+        "corechat_bus_batches_out_total",
+        "Batches of messages sent to other shards over the bus, per shard.",
+    ),
+    (
+        "corechat_disconnects_total",
+        "Connections ended, by shard and reason.",
+    ),
+    (
+        "corechat_fanout_latency_seconds",
+        "Time from a message's arrival to its frame being queued on a member connection, per shard.",
+    ),
+    (
+        "corechat_open_fds",
+        "File descriptors open in the process.",
+    ),
+];
+
+/// The help text of a family; a generic one for a name not listed.
+pub fn help(name: &str) -> &'static str {
+    HELP.iter()
+        .find(|(n, _)| *n == name)
+        .map_or("corechat metric.", |(_, h)| h)
+}
+
+/// `# HELP` and `# TYPE` lines of one family.
+fn header(out: &mut String, name: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {}", help(name));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 /// Renders every shard's counters, plus process-wide gauges given by the caller.
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64)]) -> String {
     let mut out = String::with_capacity(8 * 1024);
@@ -190,12 +279,12 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64
         }),
     ];
     for (name, kind, get) in counters {
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+        header(&mut out, name, kind);
         for (shard, m) in shards.iter().enumerate() {
             let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", get(m).load(Relaxed));
         }
     }
-    let _ = writeln!(out, "# TYPE corechat_disconnects_total counter");
+    header(&mut out, "corechat_disconnects_total", "counter");
     for (shard, m) in shards.iter().enumerate() {
         for reason in DisconnectReason::ALL {
             let _ = writeln!(
@@ -207,7 +296,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64
         }
     }
     let name = "corechat_fanout_latency_seconds";
-    let _ = writeln!(out, "# TYPE {name} histogram");
+    header(&mut out, name, "histogram");
     for (shard, m) in shards.iter().enumerate() {
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             let _ = writeln!(
@@ -226,7 +315,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64
         let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {total}");
     }
     for (name, kind, value) in extra {
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+        header(&mut out, name, kind);
         let _ = writeln!(out, "{name} {value}");
     }
     out
@@ -266,5 +355,90 @@ mod tests {
         );
         assert!(text.contains("corechat_fanout_latency_seconds_count{shard=\"0\"} 2"));
         assert!(text.contains("corechat_up 1"));
+    }
+
+    /// Every family has exactly one `# HELP` (with a real text) and one
+    /// `# TYPE`, HELP first, and every sample belongs to a declared family.
+    #[test]
+    fn every_family_has_help_and_type() {
+        let text = render(
+            &[
+                Arc::new(ShardMetrics::default()),
+                Arc::new(ShardMetrics::default()),
+            ],
+            &[("corechat_open_fds", "gauge", 12.0)],
+        );
+        let mut helps: Vec<&str> = Vec::new();
+        let mut types: Vec<(&str, &str)> = Vec::new();
+        let mut last_help: Option<&str> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help_text) = rest.split_once(' ').expect("HELP has a text");
+                assert!(!help_text.trim().is_empty(), "{line}");
+                assert_ne!(
+                    help_text, "corechat metric.",
+                    "{name} has no help of its own"
+                );
+                assert!(!helps.contains(&name), "HELP twice for {name}");
+                helps.push(name);
+                last_help = Some(name);
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE has a kind");
+                assert_eq!(
+                    last_help,
+                    Some(name),
+                    "HELP must come right before TYPE of {name}"
+                );
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                assert!(
+                    types.iter().all(|(n, _)| *n != name),
+                    "TYPE twice for {name}"
+                );
+                types.push((name, kind));
+                last_help = None;
+            } else {
+                let sample = line.split(['{', ' ']).next().unwrap();
+                let family = types
+                    .iter()
+                    .find(|(n, kind)| {
+                        sample == *n
+                            || (*kind == "histogram"
+                                && ["_bucket", "_sum", "_count"]
+                                    .iter()
+                                    .any(|s| sample.strip_suffix(s) == Some(n)))
+                    })
+                    .map(|(n, _)| *n);
+                assert_eq!(
+                    family,
+                    types.last().map(|(n, _)| *n),
+                    "sample {sample} outside its family"
+                );
+            }
+        }
+        assert_eq!(helps.len(), types.len());
+        // the names and types stay as they were
+        for (name, kind) in [
+            ("corechat_connections_open", "gauge"),
+            ("corechat_connections_total", "counter"),
+            ("corechat_http_requests_total", "counter"),
+            ("corechat_frames_in_total", "counter"),
+            ("corechat_frames_out_total", "counter"),
+            ("corechat_bytes_in_total", "counter"),
+            ("corechat_bytes_out_total", "counter"),
+            ("corechat_publishes_total", "counter"),
+            ("corechat_deliveries_total", "counter"),
+            ("corechat_rate_limited_total", "counter"),
+            ("corechat_auth_failures_total", "counter"),
+            ("corechat_rejected_upgrades_total", "counter"),
+            ("corechat_accept_errors_total", "counter"),
+            ("corechat_errors_sent_total", "counter"),
+            ("corechat_bus_batches_out_total", "counter"),
+            ("corechat_disconnects_total", "counter"),
+            ("corechat_fanout_latency_seconds", "histogram"),
+            ("corechat_open_fds", "gauge"),
+        ] {
+            assert!(types.contains(&(name, kind)), "{name} {kind} missing");
+        }
+        assert_eq!(types.len(), 18);
     }
 }

@@ -40,6 +40,8 @@ const state = {
   echoes: new Map(), // client id -> local echo of a message being sent
   lastTypingSent: 0,
   readTimer: null,
+  confirmedPeers: new Set(), // user ids never seen that the user chose to message anyway
+  suggest: { items: [], active: -1 },
 };
 
 // ---------------------------------------------------------------- helpers
@@ -161,10 +163,26 @@ function saveRooms() {
 
 function showLogin(message = "") {
   $("app").hidden = true;
+  $("auth-failed").hidden = true;
   $("login").hidden = false;
   $("login-error").textContent = message;
   $("guest-name").focus();
 }
+
+/** The server refuses the token: say why, and offer the way back to the login form. */
+function showAuthFailed(reason) {
+  $("app").hidden = true;
+  $("login").hidden = true;
+  $("auth-failed").hidden = false;
+  $("auth-failed-text").textContent = `Your sign-in is not valid: ${reason || "the server refused it"}.`;
+  $("auth-failed-back").focus();
+}
+
+$("auth-failed-back").addEventListener("click", () => {
+  if (state.chat) state.chat.close();
+  localStorage.removeItem(TOKEN_KEY);
+  location.reload();
+});
 
 $("guest-form").addEventListener("submit", async (e) => {
   e.preventDefault();
@@ -295,8 +313,11 @@ function start(token) {
     if (state.current === e.room) renderReceipts();
   });
   chat.on("pending", onPending);
+  // the token is refused (checked with /api/me after a failed upgrade): the
+  // library has stopped reconnecting
+  chat.on("auth_failed", (e) => showAuthFailed(e && e.reason));
   chat.on("error", (err) => {
-    if (err && err.code === "token_expired") showLogin("Your session expired. Please sign in again.");
+    if (err && err.code === "token_expired") showAuthFailed("token expired");
   });
   setInterval(() => {
     if (state.current) renderTyping();
@@ -319,8 +340,14 @@ async function onFirstWelcome() {
   for (const room of toJoin) ensureJoined(view(room)).catch(() => {});
   renderRoomList();
   const hash = decodeURIComponent(location.hash.slice(1));
-  if (hash && (ROOM_RE.test(hash) || hash.startsWith("@"))) openTarget(hash);
-  else if (saved.length) openRoom(saved[0]);
+  let opened = false;
+  if (hash && (ROOM_RE.test(hash) || hash.startsWith("@"))) {
+    try {
+      opened = openTarget(hash);
+    } catch {}
+  }
+  if (opened) return;
+  if (saved.length) openRoom(saved[0]);
   else renderEmpty();
 }
 
@@ -432,16 +459,22 @@ function onPending(rec) {
   if (state.current === e.room) renderMessages();
 }
 
+/** Sends `text` to the current room; false when it was not sent (yet). */
 function send(text) {
   const room = state.current;
-  if (!room || !text.trim()) return;
+  if (!room || !text.trim()) return false;
   const v = view(room);
+  if (v.dm && !isKnownPeer(v.peer)) {
+    askDmConfirm(v, text);
+    return false;
+  }
   const cid = `c${randomId()}`;
   const body = { text, cid };
   const p = v.dm ? state.chat.dm(v.peer, body, { id: cid }) : state.chat.publish(room, body, { id: cid });
   state.echoes.set(cid, { id: cid, room, text, ts: Date.now(), state: p.record.state, record: p.record });
   p.catch(() => {});
   renderMessages({ toBottom: true });
+  return true;
 }
 
 async function loadLatest(v) {
@@ -717,9 +750,12 @@ function renderReceipts() {
   const els = [...list.querySelectorAll("li.msg:not(.echo)")];
   const bySeq = new Map();
   for (const [user, seq] of v.reads) {
-    // the newest rendered message at or below the reader's marker
+    // one's own marker is never "seen by" oneself
+    if (user === state.me) continue;
+    // the newest rendered message at or below the reader's marker that the
+    // reader did not write: "Seen by Bob" under Bob's own message says nothing
     let target = null;
-    for (const el of els) if (Number(el.dataset.seq) <= seq) target = el;
+    for (const el of els) if (Number(el.dataset.seq) <= seq && el.dataset.from !== user) target = el;
     if (!target) continue;
     if (!bySeq.has(target)) bySeq.set(target, []);
     bySeq.get(target).push(nameOf(user));
@@ -869,19 +905,39 @@ function renderEmpty() {
 
 // ---------------------------------------------------------------- navigation
 
-function openTarget(text) {
+/**
+ * Opens a room, or with `@...` a conversation. `@` takes a user id, or the
+ * display name of exactly one user this page knows. With `confirm`, an id
+ * never seen asks first (the join form); otherwise (a link, the address
+ * bar) the conversation opens and sending to it asks.
+ */
+function openTarget(text, { confirm = false } = {}) {
   text = text.trim();
   if (text.startsWith("@")) {
-    const user = text.slice(1);
-    if (!USER_RE.test(user)) throw new Error("A user id is 1 to 64 letters, digits or _ . @ -");
+    const q = text.slice(1).trim();
+    const known = knownUsers();
+    let user = q;
+    if (!known.has(q)) {
+      const byName = [...known].filter(([, name]) => name.toLowerCase() === q.toLowerCase());
+      if (byName.length === 1) user = byName[0][0];
+      else if (byName.length > 1) throw new Error(`Several people are called “${q}”: pick one from the list.`);
+    }
     if (user === state.me) throw new Error("That is you.");
+    if (!USER_RE.test(user)) {
+      throw new Error(`No one called “${q}” is known here, and it is not a user id (1 to 64 letters, digits or _ . @ -).`);
+    }
+    if (confirm && !isKnownPeer(user)) {
+      showJoinConfirm(user);
+      return false;
+    }
     openRoom(dmRoom(state.me, user));
-    return;
+    return true;
   }
   const room = text.replace(/^#/, "");
   if (!ROOM_RE.test(room)) throw new Error("Room names start with a letter or digit and use letters, digits and _ . : -");
   if (room.startsWith("dm:") && dmPeer(room, state.me) == null) throw new Error("Not a conversation of yours.");
   openRoom(room);
+  return true;
 }
 
 function openRoom(room) {
@@ -889,6 +945,7 @@ function openRoom(room) {
   if (state.current && state.current !== room) markRead();
   const v = view(room);
   state.current = room;
+  $("dm-confirm").hidden = true;
   document.body.classList.remove("no-room");
   const hash = v.dm ? `@${v.peer}` : room;
   if (decodeURIComponent(location.hash.slice(1)) !== hash) history.replaceState(null, "", `#${encodeURIComponent(hash)}`);
@@ -921,13 +978,190 @@ $("join-form").addEventListener("submit", (e) => {
   const input = $("join-input");
   $("join-error").textContent = "";
   if (!input.value.trim()) return;
+  const { items, active } = state.suggest;
+  if (!$("join-suggest").hidden && items[active]) {
+    pickUser(items[active].id);
+    return;
+  }
+  hideSuggest();
   try {
-    openTarget(input.value);
-    input.value = "";
+    if (openTarget(input.value, { confirm: true })) input.value = "";
   } catch (err) {
     $("join-error").textContent = err.message;
   }
 });
+
+// ---------------------------------------------------------------- people
+
+/** Users this page knows (presence and members of its rooms, senders, dm partners): id -> name. */
+function knownUsers() {
+  const users = new Map(state.names);
+  for (const v of state.rooms.values()) {
+    for (const [id, name] of v.members) users.set(id, name || users.get(id) || id);
+    // a conversation that has messages: its partner is real
+    if (v.dm && v.peer && (v.msgs.size || v.latest) && !users.has(v.peer)) users.set(v.peer, v.peer);
+  }
+  if (state.me) users.delete(state.me);
+  return users;
+}
+
+function isKnownPeer(id) {
+  return knownUsers().has(id) || state.confirmedPeers.has(id);
+}
+
+/** Known users matching what follows `@`, best first: by id, name, word of the name. */
+function userMatches(q) {
+  const ql = q.toLowerCase();
+  const out = [];
+  for (const [id, rawName] of knownUsers()) {
+    const name = rawName || id;
+    const nl = name.toLowerCase();
+    const il = id.toLowerCase();
+    let rank;
+    if (!ql) rank = 5;
+    else if (id === q) rank = 0;
+    else if (nl === ql) rank = 1;
+    else if (nl.startsWith(ql)) rank = 2;
+    else if (nl.split(/\s+/).some((w) => w.startsWith(ql))) rank = 3;
+    else if (il.startsWith(ql)) rank = 4;
+    else if (nl.includes(ql)) rank = 5;
+    else continue;
+    out.push({ id, name, rank });
+  }
+  out.sort((a, b) => a.rank - b.rank || a.name.localeCompare(b.name) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  return out.slice(0, 8);
+}
+
+const joinInput = $("join-input");
+
+function updateSuggest() {
+  const val = joinInput.value.trimStart();
+  $("join-confirm").hidden = true;
+  if (!val.startsWith("@") || !state.me) {
+    hideSuggest();
+    return;
+  }
+  const items = userMatches(val.slice(1).trim());
+  state.suggest = { items, active: items.length ? 0 : -1 };
+  renderSuggest();
+}
+
+function renderSuggest() {
+  const { items, active } = state.suggest;
+  const list = $("join-suggest");
+  if (!items.length) {
+    list.replaceChildren(
+      h("li", { class: "suggest-empty", text: "No one by that name in your rooms. Type an exact user id, or pick someone from a room's members." }),
+    );
+  } else {
+    list.replaceChildren(
+      ...items.map((u, i) =>
+        h(
+          "li",
+          {
+            class: "suggest-opt",
+            role: "option",
+            id: `suggest-${i}`,
+            "aria-selected": String(i === active),
+            dataset: { user: u.id },
+            title: `Message ${u.name} (@${u.id})`,
+            onmousedown: (e) => e.preventDefault(), // keep the focus in the input
+            onclick: () => pickUser(u.id),
+          },
+          avatar(u.id, u.name, "sm"),
+          h("span", { class: "suggest-text" }, h("span", { class: "suggest-name", text: u.name }), h("span", { class: "suggest-id", text: `@${u.id}` })),
+        ),
+      ),
+    );
+  }
+  list.hidden = false;
+  joinInput.setAttribute("aria-expanded", "true");
+  if (active >= 0) joinInput.setAttribute("aria-activedescendant", `suggest-${active}`);
+  else joinInput.removeAttribute("aria-activedescendant");
+}
+
+function hideSuggest() {
+  $("join-suggest").hidden = true;
+  state.suggest = { items: [], active: -1 };
+  joinInput.setAttribute("aria-expanded", "false");
+  joinInput.removeAttribute("aria-activedescendant");
+}
+
+function pickUser(id) {
+  hideSuggest();
+  joinInput.value = "";
+  $("join-error").textContent = "";
+  $("join-confirm").hidden = true;
+  openRoom(dmRoom(state.me, id));
+}
+
+joinInput.addEventListener("input", updateSuggest);
+joinInput.addEventListener("focus", updateSuggest);
+joinInput.addEventListener("blur", () => setTimeout(hideSuggest, 150));
+joinInput.addEventListener("keydown", (e) => {
+  if ($("join-suggest").hidden) return;
+  const s = state.suggest;
+  if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+    e.preventDefault();
+    if (!s.items.length) return;
+    const step = e.key === "ArrowDown" ? 1 : -1;
+    s.active = (s.active + step + s.items.length) % s.items.length;
+    renderSuggest();
+  } else if (e.key === "Escape") {
+    e.preventDefault();
+    hideSuggest();
+  } else if (e.key === "Tab" && s.items[s.active]) {
+    // complete to the id, to read it before opening
+    e.preventDefault();
+    joinInput.value = `@${s.items[s.active].id}`;
+    updateSuggest();
+  }
+});
+
+/** A warning with two buttons, in `box`. */
+function confirmIn(box, message, yesText, onYes) {
+  const no = h("button", { class: "btn", type: "button", text: "Cancel", dataset: { confirm: "no" } });
+  const yes = h("button", { class: "btn btn-primary", type: "button", text: yesText, dataset: { confirm: "yes" } });
+  no.addEventListener("click", () => (box.hidden = true));
+  yes.addEventListener("click", () => {
+    box.hidden = true;
+    onYes();
+  });
+  box.replaceChildren(h("p", {}, ...message), h("div", { class: "confirm-actions" }, yes, no));
+  box.hidden = false;
+  yes.focus();
+}
+
+/** The join form named an id never seen: ask before opening a conversation with it. */
+function showJoinConfirm(id) {
+  confirmIn(
+    $("join-confirm"),
+    ["No one with the user id ", h("code", { text: id }), " has been seen in your rooms: a message to it may reach nobody. Pick people from the list or from a room's members."],
+    `Message @${id} anyway`,
+    () => {
+      state.confirmedPeers.add(id);
+      joinInput.value = "";
+      openRoom(dmRoom(state.me, id));
+    },
+  );
+}
+
+/** Sending to a conversation whose id was never seen: ask first. */
+function askDmConfirm(v, text) {
+  const peer = v.peer;
+  confirmIn(
+    $("dm-confirm"),
+    ["You have never seen anyone with the user id ", h("code", { text: peer }), ": this message may reach nobody."],
+    "Send anyway",
+    () => {
+      state.confirmedPeers.add(peer);
+      if (state.current === v.room && send(text)) {
+        input.value = "";
+        autosize();
+      }
+    },
+  );
+}
 
 window.addEventListener("hashchange", () => {
   const t = decodeURIComponent(location.hash.slice(1));
@@ -962,10 +1196,10 @@ $("composer").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = input.value;
   if (!text.trim()) return;
+  if (!send(text)) return;
   input.value = "";
   autosize();
   state.lastTypingSent = 0;
-  send(text);
 });
 
 // ---------------------------------------------------------------- drawers

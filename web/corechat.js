@@ -68,7 +68,11 @@
 // consumer) and 1001 (server going away) reconnect and resume; so does any
 // other unexpected close. A connection that fails `tokenRefreshAfter`
 // times in a row before its `welcome` (a browser cannot see the HTTP 401)
-// also asks `getToken()` again. When the server is silent for longer than
+// also asks `getToken()` again. When the upgrade itself fails (close 1006
+// before any `welcome`: a browser cannot see the HTTP 401), the library asks
+// `GET /api/me` with the token before retrying: a 401 there means the token
+// is refused, so (after one fresh `getToken()`, if there is one) it stops
+// for good and emits `auth_failed` with the reason. When the server is silent for longer than
 // its heartbeat the library sends a `ping`, and drops the connection if no
 // answer comes (a half-open TCP connection is otherwise never noticed).
 
@@ -260,6 +264,10 @@ export class CoreChat extends Emitter {
    * @param {number} [opts.maxMs=30000]  backoff cap
    * @param {number} [opts.requestTimeoutMs=20000]
    * @param {number} [opts.tokenRefreshAfter=3]
+   * @param {boolean} [opts.checkAuth=true]  after a failed upgrade, ask
+   *   `GET /api/me` whether the token is refused (stop with `auth_failed`)
+   * @param {string} [opts.meUrl]  default: `/api/me` on the host of `url`
+   * @param {typeof fetch} [opts.fetch]  default: the global `fetch`
    * @param {(text: string) => any} [opts.parse=JSON.parse]  frame parser
    *   (JSON.parse rounds integers beyond 2^53; pass a lossless parser if
    *   bodies carry such numbers)
@@ -371,6 +379,10 @@ export class CoreChat extends Emitter {
    * publishes reject with code `closed`.
    */
   close() {
+    this._closeWith(new CoreChatError("closed", "client closed"));
+  }
+
+  _closeWith(err) {
     this._closedByUser = true;
     clearTimeout(this._timer);
     this._timer = null;
@@ -387,7 +399,6 @@ export class CoreChat extends Emitter {
         ws.close(1000, "client closed");
       } catch {}
     }
-    const err = new CoreChatError("closed", "client closed");
     for (const [, req] of this._requests) {
       clearTimeout(req.timer);
       req.reject(err);
@@ -420,6 +431,7 @@ export class CoreChat extends Emitter {
         token = await this.opts.getToken();
         this._token = token;
         this._needToken = false;
+        this._tokenFresh = true;
         if (this._failsBeforeWelcome >= this.opts.tokenRefreshAfter) this._failsBeforeWelcome = 0;
       }
     } catch (e) {
@@ -504,8 +516,83 @@ export class CoreChat extends Emitter {
     } else if (code === 1008) {
       // policy (abuse): back off harder
       this._attempt = Math.max(this._attempt, 3);
+    } else if (code === 1006 && !wasReady && this.opts.checkAuth !== false) {
+      // The upgrade failed, and a browser cannot see why (a 401 and a dead
+      // server both look like 1006): ask /api/me whether the token is the
+      // reason before trying again.
+      this._setStatus("reconnecting");
+      this._checkAuth();
+      return;
     }
     this._scheduleReconnect(delay);
+  }
+
+  /** The URL of `GET /api/me` on the server of `url` (null if unknown). */
+  _meUrl() {
+    if (this.opts.meUrl) return this.opts.meUrl;
+    try {
+      const u = new URL(this.url);
+      u.protocol = u.protocol === "wss:" ? "https:" : u.protocol === "ws:" ? "http:" : u.protocol;
+      u.pathname = u.pathname.replace(/\/ws\/?$/, "") + "/api/me";
+      u.search = "";
+      u.hash = "";
+      return u.toString();
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * After an upgrade that failed: `GET /api/me` with the token. A 401 means
+   * the token is refused: with `getToken` a fresh one is asked for once;
+   * otherwise (or if the fresh one is refused too) the client stops for
+   * good with an `auth_failed` event `{reason, status}` and pending work
+   * rejects with code `auth_failed`. Any other answer, or none, reconnects
+   * with backoff as usual.
+   */
+  async _checkAuth() {
+    const gen = this._conn;
+    const token = this._token;
+    const fetchFn = this.opts.fetch || globalThis.fetch;
+    const url = this._meUrl();
+    let refused = null;
+    if (fetchFn && url && token) {
+      const ctl = typeof AbortController === "function" ? new AbortController() : null;
+      const timer = ctl ? setTimeout(() => ctl.abort(), this.opts.authCheckTimeoutMs || 5000) : null;
+      try {
+        const res = await fetchFn(url, {
+          headers: { authorization: `Bearer ${token}` },
+          cache: "no-store",
+          signal: ctl ? ctl.signal : undefined,
+        });
+        if (res.status === 401) {
+          let reason = "";
+          try {
+            const j = await res.json();
+            if (j && typeof j.error === "string") reason = j.error;
+          } catch {}
+          refused = reason || "token refused";
+        }
+      } catch {
+        // unreachable: the server is down, not the token
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    if (gen !== this._conn || this._closedByUser || this._ws || this._timer) return;
+    if (refused == null) {
+      this._scheduleReconnect();
+      return;
+    }
+    if (this.opts.getToken && !this._tokenFresh) {
+      // the token we had is refused: ask for a new one, once
+      this._needToken = true;
+      this._scheduleReconnect(0);
+      return;
+    }
+    this._tokenFresh = false;
+    this.emit("auth_failed", { reason: refused, status: 401 });
+    this._closeWith(new CoreChatError("auth_failed", refused));
   }
 
   _scheduleReconnect(delay = null) {
@@ -636,6 +723,7 @@ export class CoreChat extends Emitter {
     this._everWelcomed = true;
     this._attempt = 0;
     this._failsBeforeWelcome = 0;
+    this._tokenFresh = false;
     this._startHeartbeat(f.heartbeat_ms);
     if (prevUser && prevUser !== f.user) {
       // a different identity (e.g. a new guest token): positions are not ours

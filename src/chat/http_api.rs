@@ -26,6 +26,9 @@ impl ChatApp {
         if method == "POST" && path == "/api/guest" {
             return Some(self.http_guest(port, key, &req));
         }
+        if path == "/api/me" {
+            return Some(self.http_me(port, &req));
+        }
         if method == "POST" && path == "/api/publish" {
             return self.http_publish(port, key, &req);
         }

@@ -19,6 +19,7 @@
 mod client;
 pub mod frames;
 mod http_api;
+mod http_me;
 mod member;
 pub mod msg;
 mod room;

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
-import { Server, Proxy, E2E_DIR, waitFor, sleep } from "./helpers.mjs";
+import { Server, Proxy, E2E_DIR, waitFor, sleep, mintToken } from "./helpers.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
 const ARGS = [
@@ -240,3 +240,152 @@ async function scenario(t, { server, px, base, pa, pb, errors }) {
   assert.deepEqual(errors, [], "no page errors");
   t.diagnostic(`screenshots in ${E2E_DIR}`);
 }
+
+/** The sum of a metric family's samples on the server's /metrics. */
+async function metric(server, name) {
+  const text = await (await fetch(`${server.http}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split("\n")) {
+    if (line.startsWith(`${name}{`) || line.startsWith(`${name} `)) sum += Number(line.slice(line.lastIndexOf(" ") + 1));
+  }
+  return sum;
+}
+
+test("a refused token stops at a sign-in screen; @name finds the user id; never-seen ids ask; no one is seen by themselves", { timeout: 180000 }, async (t) => {
+  const server = new Server({ name: "e2e-people" });
+  cleanups.push(async () => {
+    await server.stop("SIGKILL");
+    server.cleanup();
+  });
+  await server.start();
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+  cleanups.push(() => browser.close());
+  const errors = [];
+  const newPage = async () => {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await ctx.newPage();
+    page.on("pageerror", (e) => errors.push(e.message));
+    page.on("dialog", (d) => {
+      errors.push(`dialog: ${d.message()}`);
+      d.dismiss();
+    });
+    return page;
+  };
+  const pages = [];
+  try {
+    const base = server.http;
+
+    // ---- a token signed with another secret, then an expired one
+    const pm = await newPage();
+    pages.push(pm);
+    for (const [token, reason] of [
+      [mintToken("not-the-server-secret", { sub: "mallory", name: "Mallory" }), "bad signature"],
+      [server.token("mallory", { exp: Math.floor(Date.now() / 1000) - 3600 }), "token expired"],
+    ]) {
+      await pm.goto(`${base}/`);
+      await pm.evaluate((tok) => localStorage.setItem("corechat.token", tok), token);
+      await pm.reload();
+      await pm.locator("#auth-failed").waitFor({ state: "visible", timeout: 20000 });
+      assert.equal(await pm.textContent("#auth-failed-text"), `Your sign-in is not valid: ${reason}.`);
+      assert.equal(await pm.isVisible("#app"), false);
+      // and it stays there: no more upgrade attempts, no more checks
+      const refused = await metric(server, "corechat_auth_failures_total");
+      await sleep(2500);
+      assert.equal(await metric(server, "corechat_auth_failures_total"), refused, "the page stopped reconnecting");
+      assert.equal(await pm.evaluate(() => window.corechat.status), "closed");
+      if (reason === "bad signature") await shot(pm, "10-sign-in-refused");
+      await pm.click("#auth-failed-back");
+      await pm.locator("#guest-name").waitFor({ state: "visible" });
+      assert.equal(await pm.evaluate(() => localStorage.getItem("corechat.token")), null, "the token is forgotten");
+    }
+
+    // ---- Erin and Bob meet in a room
+    const pe = await newPage();
+    const pb = await newPage();
+    pages.push(pe, pb);
+    await login(pe, base, "Erin Hannon");
+    await login(pb, base, "Bob Vance");
+    const erinId = await pe.evaluate(() => window.corechat.user);
+    const bobId = await pb.evaluate(() => window.corechat.user);
+    assert.notEqual(erinId, "Erin");
+    await openRoom(pe, "office");
+    await openRoom(pb, "office");
+    await pb.locator(".member-name", { hasText: "Erin Hannon" }).waitFor();
+    await say(pe, "hello from Erin");
+    await bodies(pb, "hello from Erin").waitFor();
+
+    // ---- no one is "seen by" themselves: Bob writes last and reads his own message
+    await say(pb, "Bob has the last word");
+    await bodies(pe, "Bob has the last word").waitFor();
+    const seenBob = pe.locator(".msg-seen", { hasText: "Seen by Bob Vance" });
+    await seenBob.waitFor();
+    assert.equal(await seenBob.count(), 1);
+    assert.equal(await pe.locator(`#message-list li.msg[data-from="${bobId}"] .msg-seen`).count(), 0, "no receipt under Bob's own message on Erin's page");
+    assert.equal(await seenBob.evaluate((el) => el.closest("li.msg").dataset.from), erinId, "Bob's receipt sits under Erin's message");
+    assert.equal(await pb.locator(".msg-seen", { hasText: "Bob Vance" }).count(), 0, "Bob never sees himself as a reader");
+
+    // ---- @ completes from the people the page knows, by name, and shows the id
+    await pb.fill("#join-input", "@eri");
+    const opt = pb.locator("#join-suggest .suggest-opt").first();
+    await opt.waitFor();
+    assert.equal(await opt.locator(".suggest-name").textContent(), "Erin Hannon");
+    assert.equal(await opt.locator(".suggest-id").textContent(), `@${erinId}`);
+    assert.equal(await opt.getAttribute("aria-selected"), "true");
+    await shot(pb, "11-at-completion");
+    await pb.press("#join-input", "Enter");
+    await pb.waitForFunction(() => document.getElementById("room-title").textContent.includes("Erin Hannon"));
+    assert.equal(await pb.evaluate(() => location.hash), `#${encodeURIComponent(`@${erinId}`)}`);
+    await say(pb, "psst Erin, this one reaches you");
+    const dmLink = pe.locator("#dm-list .room", { hasText: "Bob Vance" });
+    await dmLink.locator(".badge").waitFor();
+    await dmLink.click();
+    await bodies(pe, "psst Erin, this one reaches you").waitFor();
+
+    // the display name typed in full and Enter works too; clicking an option as well
+    await pb.locator("#room-list .room", { hasText: "office" }).click();
+    await pb.fill("#join-input", "@Erin Hannon");
+    await pb.locator("#join-suggest .suggest-opt").first().click();
+    await pb.waitForFunction(() => document.getElementById("room-title").textContent.includes("Erin Hannon"));
+
+    // ---- an id never seen: the join form asks first
+    await pb.fill("#join-input", "@Erin");
+    await pb.locator("#join-suggest .suggest-opt").first().waitFor(); // "Erin Hannon" is offered...
+    await pb.press("#join-input", "Escape"); // ...but Bob insists on the literal id
+    await pb.press("#join-input", "Enter");
+    const ask = pb.locator("#join-confirm");
+    await ask.waitFor({ state: "visible" });
+    assert.match(await ask.textContent(), /No one with the user id Erin has been seen/);
+    await shot(pb, "12-never-seen-id");
+    await ask.locator('button[data-confirm="no"]').click();
+    assert.equal(await ask.isVisible(), false);
+    assert.ok((await pb.textContent("#room-title")).includes("Erin Hannon"), "nothing opened on Cancel");
+    await pb.press("#join-input", "Escape"); // focusing the input offers the list again
+    await pb.press("#join-input", "Enter");
+    await ask.locator('button[data-confirm="yes"]').click();
+    await pb.waitForFunction(() => document.getElementById("room-title").textContent.trim() === "Erin");
+    assert.equal(await pb.inputValue("#join-input"), "");
+    await say(pb, "to the literal id, knowingly");
+    await bodies(pb, "to the literal id, knowingly").waitFor();
+    assert.equal(await pb.isVisible("#dm-confirm"), false, "a confirmed id does not ask again");
+
+    // ---- a conversation opened by its address asks before the first message
+    await pb.evaluate(() => (location.hash = "#@ghost.writer"));
+    await pb.waitForFunction(() => document.getElementById("room-title").textContent.trim() === "ghost.writer");
+    await say(pb, "anyone there?");
+    const askSend = pb.locator("#dm-confirm");
+    await askSend.waitFor({ state: "visible" });
+    assert.match(await askSend.textContent(), /never seen anyone with the user id ghost\.writer/);
+    assert.equal(await pb.locator("#message-list .msg").count(), 0, "nothing sent yet");
+    assert.equal(await pb.inputValue("#input"), "anyone there?", "the text is kept");
+    await askSend.locator('button[data-confirm="yes"]').click();
+    await bodies(pb, "anyone there?").waitFor();
+    assert.equal(await pb.inputValue("#input"), "");
+    // Erin never got any of these
+    assert.equal(await bodies(pe, "to the literal id, knowingly").count(), 0);
+  } catch (e) {
+    for (const [i, p] of pages.entries()) await shot(p, `failure-people-${i}`).catch(() => {});
+    t.diagnostic(`server log tail:\n${server.log.slice(-2000)}`);
+    throw e;
+  }
+  assert.deepEqual(errors, [], "no page errors");
+});

@@ -438,3 +438,75 @@ describe("liveness", () => {
     assert.equal(c1.closed, false, "the new connection is the live one");
   });
 });
+
+describe("a refused token", () => {
+  /** A stand-in for fetch: answers /api/me with `status` and `{error}`. */
+  function meStub(answers) {
+    const calls = [];
+    const fetch = async (url, init) => {
+      calls.push({ url: String(url), auth: init && init.headers && init.headers.authorization });
+      const a = answers[Math.min(calls.length - 1, answers.length - 1)];
+      if (a === "down") throw new TypeError("fetch failed");
+      return { status: a.status, json: async () => a.body };
+    };
+    return { fetch, calls };
+  }
+
+  test("a failed upgrade asks /api/me; a 401 stops reconnecting with auth_failed", async () => {
+    const me = meStub([{ status: 401, body: { error: "bad signature" } }]);
+    const chat = client({ fetch: me.fetch });
+    const rec = record(chat, ["auth_failed", "status", "error"]);
+    const pending = chat.publish("r", { text: "never" });
+    const c0 = await fake.conn(0);
+    c0.close(1006); // what a browser sees of an HTTP 401
+    await waitFor(() => rec.auth_failed.length === 1, { what: "auth_failed" });
+    assert.deepEqual(rec.auth_failed[0], { reason: "bad signature", status: 401 });
+    assert.equal(me.calls.length, 1);
+    assert.equal(me.calls[0].auth, "Bearer t1");
+    assert.equal(me.calls[0].url, fake.url.replace("ws://", "http://").replace(/\/ws$/, "/api/me"));
+    assert.equal(chat.status, "closed");
+    await assert.rejects(pending, (e) => e.code === "auth_failed");
+    await sleep(150);
+    assert.equal(fake.conns.length, 1, "no reconnection after a refused token");
+  });
+
+  test("the server down (no answer, or not 401) reconnects as usual", async () => {
+    const me = meStub(["down", { status: 503, body: {} }]);
+    const chat = client({ fetch: me.fetch });
+    const rec = record(chat, ["auth_failed"]);
+    (await fake.conn(0)).close(1006);
+    (await fake.conn(1)).close(1006);
+    await accept(2);
+    assert.equal(me.calls.length, 2);
+    assert.equal(rec.auth_failed.length, 0);
+    await waitFor(() => chat.status === "open");
+  });
+
+  test("a drop after welcome is not an auth question", async () => {
+    const me = meStub([{ status: 401, body: { error: "token expired" } }]);
+    const chat = client({ fetch: me.fetch });
+    const c0 = await accept(0);
+    c0.close(1006);
+    await accept(1);
+    assert.equal(me.calls.length, 0);
+    await waitFor(() => chat.status === "open");
+  });
+
+  test("with getToken a refused token is replaced once, then auth_failed", async () => {
+    const me = meStub([{ status: 401, body: { error: "token expired" } }]);
+    let n = 0;
+    const chat = client({ token: "old", getToken: async () => `tok${++n}`, fetch: me.fetch });
+    const rec = record(chat, ["auth_failed"]);
+    const c0 = await fake.conn(0);
+    assert.equal(c0.token, "old");
+    c0.close(1006);
+    const c1 = await fake.conn(1);
+    assert.equal(c1.token, "tok1", "a fresh token after the 401");
+    c1.close(1006);
+    await waitFor(() => rec.auth_failed.length === 1, { what: "auth_failed" });
+    assert.equal(rec.auth_failed[0].reason, "token expired");
+    assert.equal(me.calls.map((c) => c.auth).join(","), "Bearer old,Bearer tok1");
+    await sleep(150);
+    assert.equal(fake.conns.length, 2);
+  });
+});
