@@ -260,6 +260,12 @@ impl Cmd2 {
         }
         self.next_heartbeat = Instant::now();
         self.heartbeat();
+        if self.con.is_none() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "heartbeat failed",
+            )));
+        }
         Ok(())
     }
 

@@ -158,6 +158,14 @@ impl Sub {
                 return Err(std::io::Error::other(format!("AUTH: {e}")));
             }
         }
+        // Up only once Redis answers (not while it is still loading).
+        let mut out = Vec::new();
+        resp::encode(&mut out, &[b"PING"]);
+        stream.write_all(&out)?;
+        stream.set_read_timeout(Some(t))?;
+        if let Resp::Error(e) = read_one(&mut stream, &mut Vec::new())? {
+            return Err(std::io::Error::other(format!("PING: {e}")));
+        }
         stream.set_read_timeout(Some(POLL))?;
         Ok(stream)
     }
@@ -233,7 +241,9 @@ impl Sub {
                 match resp::parse(&buf[pos..]) {
                     Ok(Some((v, used))) => {
                         pos += used;
-                        self.on_reply(v, &mut confirmed);
+                        if let Err(e) = self.on_reply(v, &mut confirmed) {
+                            return std::io::Error::other(format!("redis: {e}"));
+                        }
                     }
                     Ok(None) => break,
                     Err(_) => return std::io::Error::other("bad reply from redis"),
@@ -244,19 +254,22 @@ impl Sub {
         }
     }
 
-    fn on_reply(&mut self, v: Resp, confirmed: &mut Vec<String>) {
-        let Resp::Array(Some(items)) = v else {
-            return;
+    fn on_reply(&mut self, v: Resp, confirmed: &mut Vec<String>) -> Result<(), String> {
+        let items = match v {
+            Resp::Array(Some(items)) => items,
+            // A refused SUBSCRIBE would leave a channel silently unheard.
+            Resp::Error(e) => return Err(e),
+            _ => return Ok(()),
         };
         match items.first().and_then(Resp::as_str) {
             Some("message") => {
                 let (Some(ch), Some(Resp::Bulk(Some(payload)))) =
                     (items.get(1).and_then(Resp::as_str), items.get(2))
                 else {
-                    return;
+                    return Ok(());
                 };
                 let Some(&(kind, ref target)) = self.wanted.get(ch) else {
-                    return; // unsubscribed meanwhile
+                    return Ok(()); // unsubscribed meanwhile
                 };
                 if let Some(f) = parse_payload(kind, target, payload) {
                     (self.shared.sink)(Incoming::Frame(f));
@@ -271,6 +284,7 @@ impl Sub {
             }
             _ => {} // unsubscribe, pong
         }
+        Ok(())
     }
 
     /// New live subscriptions: the chat catches up from the stream.
