@@ -363,26 +363,37 @@ fn cut_subscription_is_caught_up_from_the_stream() {
     let other = Node::start(config(&redis, "other"));
     home.subscribe_room("r");
 
-    let total = 400u64;
+    // Pipelined bursts from the other node while the home's subscription
+    // is cut twice (it waits `backoff_min` before reconnecting).
+    let total = 2000u64;
     let publisher = {
         let h = other.h.clone();
         std::thread::spawn(move || {
+            let (tx, rx) = unbounded();
             for i in 0..total {
-                publish(&h, "r", &i.to_string()).expect("publish ok");
-                std::thread::sleep(Duration::from_micros(500));
+                publish_async(&h, "r", &i.to_string(), tx.clone());
+                if i % 20 == 19 {
+                    for _ in 0..20 {
+                        rx.recv_timeout(Duration::from_secs(10)).unwrap().expect("publish ok");
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
         })
     };
     let killer = {
         let mut con = redis.con();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(80));
-            let killed: i64 = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("pubsub")
-                .query(&mut con)
-                .unwrap();
+            let mut killed = 0;
+            for _ in 0..2 {
+                std::thread::sleep(Duration::from_millis(60));
+                killed += redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query::<i64>(&mut con)
+                    .unwrap();
+            }
             killed
         })
     };
@@ -390,24 +401,24 @@ fn cut_subscription_is_caught_up_from_the_stream() {
     let mut tracker = GapTracker::new(0);
     let mut delivered: Vec<u64> = Vec::new();
     let mut resubscribed = false;
-    let mut fills = 0;
+    let mut reads = 0;
+    let mut from_channel = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut apply = |step: Step, delivered: &mut Vec<u64>, tracker: &mut GapTracker| {
-        let mut step = step;
-        loop {
-            delivered.extend(step.deliver.iter().map(|(s, _)| *s));
-            let Some(after) = step.read_after else {
-                break;
-            };
-            fills += 1;
-            let page = range(&home.h, "r", after, 50);
-            step = tracker.fill(page.entries, page.has_more);
-        }
+    // Delivers a step's frames, then runs the range reads it asks for.
+    let mut apply = |mut step: Step, delivered: &mut Vec<u64>, tracker: &mut GapTracker| loop {
+        delivered.extend(step.deliver.iter().map(|(s, _)| *s));
+        let Some(after) = step.read_after else {
+            break;
+        };
+        reads += 1;
+        let page = range(&home.h, "r", after, 50);
+        step = tracker.fill(page.entries, page.has_more);
     };
     while delivered.len() < total as usize && Instant::now() < deadline {
         crossbeam_channel::select! {
             recv(home.frames) -> f => {
                 let f = f.unwrap();
+                from_channel += 1;
                 let step = tracker.offer(f.seq, f.json);
                 apply(step, &mut delivered, &mut tracker);
             }
@@ -415,21 +426,15 @@ fn cut_subscription_is_caught_up_from_the_stream() {
                 if let BrokerEvent::CatchUp { rooms, resubscribed: true, .. } = e.unwrap() {
                     assert_eq!(rooms, vec!["r".to_string()]);
                     resubscribed = true;
-                    if let Some(after) = tracker.catch_up() {
-                        let page = range(&home.h, "r", after, 50);
-                        let step = tracker.fill(page.entries, page.has_more);
-                        apply(step, &mut delivered, &mut tracker);
-                    }
+                    let step = Step { read_after: tracker.catch_up(), ..Step::default() };
+                    apply(step, &mut delivered, &mut tracker);
                 }
             }
             default(Duration::from_millis(200)) => {
-                // quiet: a gap at the very end is found by a catch-up read
+                // Quiet: a gap at the very end is found by a catch-up read.
                 if publisher.is_finished() {
-                    if let Some(after) = tracker.catch_up() {
-                        let page = range(&home.h, "r", after, 50);
-                        let step = tracker.fill(page.entries, page.has_more);
-                        apply(step, &mut delivered, &mut tracker);
-                    }
+                    let step = Step { read_after: tracker.catch_up(), ..Step::default() };
+                    apply(step, &mut delivered, &mut tracker);
                 }
             }
         }
@@ -437,8 +442,15 @@ fn cut_subscription_is_caught_up_from_the_stream() {
     publisher.join().unwrap();
     assert!(killer.join().unwrap() >= 1, "a pub/sub client was killed");
     assert!(resubscribed, "the resubscribe event fired");
+    assert!(
+        from_channel < total as usize && reads >= 1,
+        "frames were missed and filled from the stream"
+    );
     assert_eq!(delivered, (1..=total).collect::<Vec<_>>());
-    println!("cut subscription: {fills} range reads filled the gaps");
+    println!(
+        "cut subscription: {from_channel} frames from the channel, {} filled by {reads} range reads",
+        total as usize + 0 - from_channel.min(total as usize)
+    );
 }
 
 /// Redis killed during traffic: publishes fail with an error (never an
@@ -716,11 +728,24 @@ fn throughput_of_pipelined_publishes() {
             }),
         );
     }
+    let submitted = t.elapsed();
     rx.recv_timeout(Duration::from_secs(120)).unwrap();
     let secs = t.elapsed().as_secs_f64();
+    let (trips, reqs) = node.h.stats();
+    println!(
+        "submitted in {submitted:?}; {reqs} requests in {trips} round trips ({:.1} per trip)",
+        reqs as f64 / trips as f64
+    );
     assert_eq!(failed.load(Ordering::Relaxed), 0);
     let got = collect(&node, "r0", (n / 16) as usize, Duration::from_secs(10));
     assert_eq!(got.len() as u64, n / 16);
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.con())
+        .unwrap();
+    for line in stats.lines().filter(|l| l.contains("evalsha")) {
+        println!("redis {line}");
+    }
     println!(
         "broker throughput: {n} publishes (16 rooms) in {secs:.2} s = {:.0} publishes/s",
         n as f64 / secs

@@ -628,7 +628,11 @@ impl Cmd2 {
             let con = self.con.as_mut().ok_or_else(|| {
                 redis::RedisError::from((redis::ErrorKind::Io, "not connected"))
             })?;
-            con.req_packed_commands(&pipe.get_packed_pipeline(), 0, total)?
+            let v = con.req_packed_commands(&pipe.get_packed_pipeline(), 0, total)?;
+            let sh = &self.shared;
+            sh.round_trips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            sh.requests.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            v
         };
         if values.len() != total {
             return Err(redis::RedisError::from((

@@ -132,7 +132,7 @@ pub use crate::store::{RangeQuery, Reply};
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Sender, TrySendError};
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -357,6 +357,9 @@ pub(crate) struct Shared {
     links: Mutex<(bool, bool, bool)>,
     available: AtomicBool,
     stop: AtomicBool,
+    /// Pipelines sent (round trips) and requests they carried (metrics).
+    round_trips: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl Shared {
@@ -491,6 +494,15 @@ impl BrokerHandle {
     /// Both links to Redis are up (`/ready`).
     pub fn available(&self) -> bool {
         self.shared.available.load(Ordering::Acquire)
+    }
+
+    /// (round trips, requests sent in them) so far: requests per round trip
+    /// is how much pipelining saves (for `/metrics`).
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.shared.round_trips.load(Ordering::Relaxed),
+            self.shared.requests.load(Ordering::Relaxed),
+        )
     }
 
     pub fn node_id(&self) -> &str {
@@ -673,6 +685,8 @@ impl Broker {
             links: Mutex::new((false, false, false)),
             available: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            round_trips: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
         });
         let s = shared.clone();
         let command = std::thread::Builder::new()

@@ -96,19 +96,20 @@ pub(crate) fn run(shared: Arc<Shared>, target: Target, ctl: Receiver<SubCtl>) {
             Err(e) => {
                 tracing::debug!("broker: subscriber connect failed: {e}");
                 s.shared.set_link(false, false, &format!("redis pub/sub: {e}"));
-                // Wait, still taking subscription changes.
-                let until = Instant::now() + backoff;
-                backoff = (backoff * 2).min(s.shared.cfg.backoff_max);
-                while !s.shared.stop.load(Ordering::Acquire) {
-                    match ctl.recv_deadline(until.min(Instant::now() + Duration::from_millis(50))) {
-                        Ok(c) => {
-                            s.change(c);
-                        }
-                        Err(RecvTimeoutError::Timeout) if Instant::now() >= until => break,
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => return,
-                    }
+            }
+        }
+        // Wait before the next attempt (no hot loop against a Redis that
+        // keeps closing us), still taking subscription changes.
+        let until = Instant::now() + backoff;
+        backoff = (backoff * 2).min(s.shared.cfg.backoff_max);
+        while !s.shared.stop.load(Ordering::Acquire) {
+            match ctl.recv_deadline(until.min(Instant::now() + Duration::from_millis(50))) {
+                Ok(c) => {
+                    s.change(c);
                 }
+                Err(RecvTimeoutError::Timeout) if Instant::now() >= until => break,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }
