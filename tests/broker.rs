@@ -179,9 +179,10 @@ impl Node {
     fn subscribe_room(&self, room: &str) {
         self.h.subscribe_room(room);
         let r = room.to_string();
-        self.wait_event(Duration::from_secs(5), |e| {
-            matches!(e, BrokerEvent::CatchUp { rooms, .. } if rooms.contains(&r))
-        })
+        self.wait_event(
+            Duration::from_secs(5),
+            |e| matches!(e, BrokerEvent::CatchUp { rooms, .. } if rooms.contains(&r)),
+        )
         .expect("subscription confirmed");
     }
 }
@@ -318,7 +319,10 @@ fn two_nodes_share_one_numbering() {
         assert_eq!(got_seqs, (1..=2 * per_node as u64).collect::<Vec<_>>());
         for (f, (seq, json)) in got.iter().zip(&stored) {
             assert_eq!(f.seq, *seq);
-            assert_eq!(&f.json, json, "the channel and the stream carry the same bytes");
+            assert_eq!(
+                &f.json, json,
+                "the channel and the stream carry the same bytes"
+            );
             assert_eq!(f.kind, ChannelKind::Room);
             assert!(f.epoch.is_some());
         }
@@ -374,7 +378,9 @@ fn cut_subscription_is_caught_up_from_the_stream() {
                 publish_async(&h, "r", &i.to_string(), tx.clone());
                 if i % 20 == 19 {
                     for _ in 0..20 {
-                        rx.recv_timeout(Duration::from_secs(10)).unwrap().expect("publish ok");
+                        rx.recv_timeout(Duration::from_secs(10))
+                            .unwrap()
+                            .expect("publish ok");
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -467,12 +473,8 @@ fn redis_down_and_back_with_its_data() {
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {
-        let (h, acked, failed, stop) = (
-            node.h.clone(),
-            acked.clone(),
-            failed.clone(),
-            stop.clone(),
-        );
+        let (h, acked, failed, stop) =
+            (node.h.clone(), acked.clone(), failed.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match publish(&h, "room", "\"x\"") {
@@ -505,7 +507,10 @@ fn redis_down_and_back_with_its_data() {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     traffic.join().unwrap();
-    assert!(node.events.try_iter().all(|e| e != BrokerEvent::HistoryLost));
+    assert!(node
+        .events
+        .try_iter()
+        .all(|e| e != BrokerEvent::HistoryLost));
 
     // Every acked seq is stored; the next publish takes the next number.
     let stored: Vec<u64> = all_stored(&node.h, "room").iter().map(|e| e.0).collect();
@@ -556,7 +561,10 @@ fn redis_restarted_empty_reports_history_lost() {
     };
     assert_eq!(next.seq, 1);
     assert_ne!(next.epoch, last.epoch);
-    assert!(node.events.try_iter().all(|e| e != BrokerEvent::HistoryLost));
+    assert!(node
+        .events
+        .try_iter()
+        .all(|e| e != BrokerEvent::HistoryLost));
 }
 
 /// The publish script refuses to number under a lost boot id: even before
@@ -664,9 +672,10 @@ fn dms_read_markers_and_room_lists() {
     let a = Node::start(config(&redis, "node-a"));
     let b = Node::start(config(&redis, "node-b"));
     b.h.subscribe_user("bob");
-    b.wait_event(Duration::from_secs(5), |e| {
-        matches!(e, BrokerEvent::CatchUp { users, .. } if users == &["bob".to_string()])
-    })
+    b.wait_event(
+        Duration::from_secs(5),
+        |e| matches!(e, BrokerEvent::CatchUp { users, .. } if users == &["bob".to_string()]),
+    )
     .unwrap();
     let p = publish(&a.h, "dm:alice:bob", "\"psst\"").unwrap();
     assert_eq!(p.seq, 1);
@@ -683,7 +692,8 @@ fn dms_read_markers_and_room_lists() {
     let changed = call(|r| a.h.set_read("lobby", "bob", 1, Some(r))).unwrap();
     assert_eq!(changed, None, "never goes back");
     let rooms = call(|r| b.h.rooms_of("bob", r)).unwrap();
-    let rooms: Vec<(String, u64, u64)> = rooms.into_iter().map(|e| (e.room, e.seq, e.read)).collect();
+    let rooms: Vec<(String, u64, u64)> =
+        rooms.into_iter().map(|e| (e.room, e.seq, e.read)).collect();
     assert_eq!(
         rooms,
         vec![("dm:alice:bob".into(), 1, 0), ("lobby".into(), 2, 2)]

@@ -2,8 +2,8 @@
 
 use super::scripts;
 use super::{
-    call_reply, opt_reply, BrokerError, BrokerEvent, Published, RangePage, Request,
-    RoomListEntry, RoomState, Shared, StreamEntry,
+    call_reply, opt_reply, BrokerError, BrokerEvent, Published, RangePage, Request, RoomListEntry,
+    RoomState, Shared, StreamEntry,
 };
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -117,7 +117,9 @@ fn new_id() -> String {
 
 fn server_error(v: &Value) -> Option<(String, String)> {
     match v {
-        Value::ServerError(e) => Some((e.code().to_string(), e.details().unwrap_or("").to_string())),
+        Value::ServerError(e) => {
+            Some((e.code().to_string(), e.details().unwrap_or("").to_string()))
+        }
         _ => None,
     }
 }
@@ -270,9 +272,10 @@ impl Cmd2 {
     }
 
     fn query(&mut self, c: &Cmd) -> redis::RedisResult<Value> {
-        let con = self.con.as_mut().ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::Io, "not connected"))
-        })?;
+        let con = self
+            .con
+            .as_mut()
+            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "not connected")))?;
         con.req_command(c)
     }
 
@@ -292,9 +295,10 @@ impl Cmd2 {
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(&key).arg(new_id()).arg("NX").ignore();
         pipe.cmd("GET").arg(&key);
-        let con = self.con.as_mut().ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::Io, "not connected"))
-        })?;
+        let con = self
+            .con
+            .as_mut()
+            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "not connected")))?;
         let (now,): (Option<String>,) = pipe.query(con)?;
         if self.boot.is_some() {
             tracing::warn!("broker: Redis lost its data (boot id changed); history lost");
@@ -600,9 +604,10 @@ impl Cmd2 {
             }
         }
         // A refused boot id: report the loss before answering anything.
-        let lost = results.iter().flatten().any(|v| {
-            server_error(v).is_some_and(|(c, _)| c == "BOOT")
-        });
+        let lost = results
+            .iter()
+            .flatten()
+            .any(|v| server_error(v).is_some_and(|(c, _)| c == "BOOT"));
         if lost {
             if let Err(e) = self.check_boot(None) {
                 self.lost_connection(&e);
@@ -625,13 +630,16 @@ impl Cmd2 {
         let mut values = if total == 0 {
             Vec::new()
         } else {
-            let con = self.con.as_mut().ok_or_else(|| {
-                redis::RedisError::from((redis::ErrorKind::Io, "not connected"))
-            })?;
+            let con = self
+                .con
+                .as_mut()
+                .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "not connected")))?;
             let v = con.req_packed_commands(&pipe.get_packed_pipeline(), 0, total)?;
             let sh = &self.shared;
-            sh.round_trips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            sh.requests.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            sh.round_trips
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            sh.requests
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             v
         };
         if values.len() != total {

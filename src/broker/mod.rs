@@ -439,7 +439,9 @@ pub(crate) enum Request {
         reply: Reply<Result<Vec<(String, String)>, BrokerError>>,
     },
     /// Stop the command thread; `clean`: remove this node's entries first.
-    Stop { clean: bool },
+    Stop {
+        clean: bool,
+    },
 }
 
 impl Request {
@@ -699,11 +701,7 @@ impl Broker {
             .spawn(move || subscriber::run(s, target, sub_rx))
             .map_err(|e| BrokerError::Unavailable(format!("spawn: {e}")))?;
         Ok(Broker {
-            handle: BrokerHandle {
-                tx,
-                sub_tx,
-                shared,
-            },
+            handle: BrokerHandle { tx, sub_tx, shared },
             command: Some(command),
             subscriber: Some(subscriber),
         })
@@ -770,7 +768,10 @@ mod tests {
             write_message(&mut want, &MessageFields { seq, ..f });
             assert_eq!(parts.frame(seq).as_bytes(), &want[..]);
         }
-        assert_eq!(parts.prefix, "{\"type\":\"message\",\"room\":\"lobby\",\"seq\":");
+        assert_eq!(
+            parts.prefix,
+            "{\"type\":\"message\",\"room\":\"lobby\",\"seq\":"
+        );
     }
 
     #[test]

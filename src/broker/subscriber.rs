@@ -91,11 +91,13 @@ pub(crate) fn run(shared: Arc<Shared>, target: Target, ctl: Receiver<SubCtl>) {
                     return;
                 }
                 tracing::warn!("broker: subscriber link lost: {e}");
-                s.shared.set_link(false, false, &format!("redis pub/sub: {e}"));
+                s.shared
+                    .set_link(false, false, &format!("redis pub/sub: {e}"));
             }
             Err(e) => {
                 tracing::debug!("broker: subscriber connect failed: {e}");
-                s.shared.set_link(false, false, &format!("redis pub/sub: {e}"));
+                s.shared
+                    .set_link(false, false, &format!("redis pub/sub: {e}"));
             }
         }
         // Wait before the next attempt (no hot loop against a Redis that
