@@ -455,7 +455,7 @@ fn cut_subscription_is_caught_up_from_the_stream() {
     assert_eq!(delivered, (1..=total).collect::<Vec<_>>());
     println!(
         "cut subscription: {from_channel} frames from the channel, {} filled by {reads} range reads",
-        total as usize + 0 - from_channel.min(total as usize)
+        total as usize - from_channel.min(total as usize)
     );
 }
 

@@ -335,7 +335,7 @@ impl Cmd2 {
             let mut c = self.script(&self.shas.node_down, scripts::NODE_DOWN, eval);
             c.arg(0).arg(self.p()).arg(self.node()).arg(mode);
             v = self.query(&c)?;
-            if !server_error(&v).is_some_and(|(code, _)| code == "NOSCRIPT") {
+            if server_error(&v).is_none_or(|(code, _)| code != "NOSCRIPT") {
                 break;
             }
         }
