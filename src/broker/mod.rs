@@ -71,8 +71,9 @@
 //! - **Redis down**: every request fails fast with
 //!   [`BrokerError::Unavailable`], [`BrokerHandle::available`] is false
 //!   (`/ready` 503), both threads reconnect with backoff; when both links are
-//!   back the sink gets [`BrokerEvent::Recovered`], then
-//!   [`BrokerEvent::CatchUp`] with every resubscribed channel.
+//!   back the sink gets [`BrokerEvent::Recovered`], and
+//!   [`BrokerEvent::CatchUp`] (`resubscribed: true`) with every channel once
+//!   it is live again (the two links recover independently: either order).
 //! - **Data lost** (Redis restarted empty): the `boot` key vanished. Noticed
 //!   by the next heartbeat (within `heartbeat_interval`) or by the publish
 //!   script itself (which refuses to number anything under a lost boot id):
@@ -346,7 +347,9 @@ pub enum Incoming {
     Event(BrokerEvent),
 }
 
-/// Called on the broker's threads; must be quick (push + wake).
+/// Called on the broker's threads (events may be reported while an
+/// internal lock is held); must be quick and must not wait for the broker:
+/// push to a channel and wake a shard.
 pub type Sink = Arc<dyn Fn(Incoming) + Send + Sync>;
 
 /// State shared between the threads and the handles.
