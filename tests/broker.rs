@@ -761,3 +761,29 @@ fn throughput_of_pipelined_publishes() {
         n as f64 / secs
     );
 }
+
+/// EVALSHA falls back to EVAL when Redis forgot the scripts (SCRIPT FLUSH,
+/// a restart between the load and the call), in order, within one batch.
+#[test]
+fn forgotten_scripts_fall_back_to_eval() {
+    let redis = Redis::start(false);
+    let node = Node::start(config(&redis, "n1"));
+    assert_eq!(publish(&node.h, "room", "1").unwrap().seq, 1);
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query::<()>(&mut redis.con())
+        .unwrap();
+    let (tx, rx) = unbounded();
+    for i in 0..50 {
+        publish_async(&node.h, "room", &i.to_string(), tx.clone());
+    }
+    let seqs: Vec<u64> = (0..50)
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(5))
+                .unwrap()
+                .unwrap()
+                .seq
+        })
+        .collect();
+    assert_eq!(seqs, (2..=51).collect::<Vec<_>>());
+}
