@@ -14,6 +14,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod broker;
 pub mod bus;
 pub mod chat;
 pub mod config;
