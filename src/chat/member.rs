@@ -3,7 +3,7 @@
 //! every local member (the fan-out's last step).
 
 use super::frames;
-use super::msg::{HomeMsg, MemberMsg, UserMsg};
+use super::msg::{HomeMsg, MemberMsg, ReplayPage, UserMsg};
 use super::session::{JoinState, Session};
 use super::{ChatApp, ChatPort, RoomName, Seq};
 use crate::bus::ConnRef;
@@ -15,15 +15,6 @@ use std::time::Instant;
 
 /// DM frames kept for a connection while its join of that DM room replays.
 const HELD_DM_FRAMES: usize = 1024;
-
-/// One page of a paced replay as the member receives it.
-struct Page {
-    after: Seq,
-    frames: Vec<Bytes>,
-    upto: Seq,
-    done: bool,
-    failed: bool,
-}
 
 /// A reply to one of `key`'s requests was queued: one less in preparation,
 /// and reading may resume.
@@ -139,24 +130,9 @@ impl ChatApp {
                     self.join_done(port, key, room, frames, last_seq, accepted, more);
                 }
             }
-            MemberMsg::ReplayPage {
-                room,
-                conn,
-                after,
-                frames,
-                upto,
-                done,
-                failed,
-            } => {
-                if let Some(key) = port.resolve(conn) {
-                    let page = Page {
-                        after,
-                        frames,
-                        upto,
-                        done,
-                        failed,
-                    };
-                    self.replay_page(port, key, &room, page);
+            MemberMsg::ReplayPage(page) => {
+                if let Some(key) = port.resolve(page.conn) {
+                    self.replay_page(port, key, page);
                 }
             }
             MemberMsg::RoomFrame {
@@ -285,7 +261,8 @@ impl ChatApp {
         }
     }
 
-    fn replay_page(&mut self, port: &mut ChatPort, key: usize, room: &RoomName, page: Page) {
+    fn replay_page(&mut self, port: &mut ChatPort, key: usize, page: ReplayPage) {
+        let room = &page.room;
         let expected = port
             .session(key)
             .and_then(|s| s.joined(room))

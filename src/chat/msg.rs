@@ -106,18 +106,7 @@ pub enum MemberMsg {
         more: bool,
     },
     /// A page of a paced replay, answering `ReplayMore { after }`.
-    ReplayPage {
-        room: RoomName,
-        conn: ConnRef,
-        after: Seq,
-        frames: Vec<Bytes>,
-        upto: Seq,
-        /// The replay has reached the live stream: live frames follow on
-        /// this same channel.
-        done: bool,
-        /// The store could not be read: the client must resume later.
-        failed: bool,
-    },
+    ReplayPage(ReplayPage),
     /// A frame for every local member of the room (except `except_user`).
     RoomFrame {
         room: RoomName,
@@ -142,6 +131,22 @@ pub enum MemberMsg {
         status: u16,
         body: Bytes,
     },
+}
+
+/// A page of a paced replay.
+pub struct ReplayPage {
+    pub room: RoomName,
+    pub conn: ConnRef,
+    /// The `after` of the `ReplayMore` this answers.
+    pub after: Seq,
+    pub frames: Vec<Bytes>,
+    /// Highest seq the frames cover.
+    pub upto: Seq,
+    /// The replay has reached the live stream: live frames follow on this
+    /// same channel.
+    pub done: bool,
+    /// The store could not be read: the client must resume later.
+    pub failed: bool,
 }
 
 /// To a user's home shard.

@@ -10,7 +10,7 @@
 //! nothing is missed or doubled.
 
 use super::super::frames;
-use super::super::msg::{MemberMsg, UserMsg};
+use super::super::msg::{MemberMsg, ReplayPage, UserMsg};
 use super::super::{ChatApp, ChatPort, NameJson, RoomName, Seq, UserId};
 use super::{store_unavailable, HomeRoom, Presence, StoreOp};
 use crate::bus::ConnRef;
@@ -189,7 +189,7 @@ impl ChatApp {
             }
             Err(e) => {
                 tracing::warn!("replay read failed: {e}");
-                MemberMsg::ReplayPage {
+                MemberMsg::ReplayPage(ReplayPage {
                     room: p.room,
                     conn: p.conn,
                     after: p.after,
@@ -197,7 +197,7 @@ impl ChatApp {
                     upto: p.after,
                     done: false,
                     failed: true,
-                }
+                })
             }
         };
         self.router.to_conn_shard(port, p.conn, msg);
@@ -376,7 +376,7 @@ fn replay_page(
     upto: Seq,
     done: bool,
 ) -> MemberMsg {
-    MemberMsg::ReplayPage {
+    MemberMsg::ReplayPage(ReplayPage {
         room,
         conn,
         after,
@@ -384,5 +384,5 @@ fn replay_page(
         upto,
         done,
         failed: false,
-    }
+    })
 }
