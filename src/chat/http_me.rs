@@ -71,7 +71,7 @@ mod tests {
 
     #[test]
     fn valid_token_says_who() {
-        let auth = Authenticator::new(Some(SECRET), None).unwrap();
+        let auth = Authenticator::new(Some(SECRET), None, 0).unwrap();
         let now = crate::auth::now_secs();
         let tok = auth
             .mint("alice", Some("Alice"), Some(60), None, true, now)
@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn bad_tokens_are_401_with_reason() {
-        let auth = Authenticator::new(Some(SECRET), None).unwrap();
+        let auth = Authenticator::new(Some(SECRET), None, 0).unwrap();
         let now = crate::auth::now_secs();
         let resp = me_response(&auth, &request(None), now);
         assert_eq!(resp.status, 401);
