@@ -3,8 +3,8 @@
 
 use crate::app::App;
 use crate::auth::Authenticator;
-use crate::bus::{ShardLink, INBOX_CAPACITY};
 use crate::broker::{Broker, BrokerConfig};
+use crate::bus::{ShardLink, INBOX_CAPACITY};
 use crate::chat::{ChatApp, ChatShared, Preload};
 use crate::config::{self, Config, StoreKind};
 use crate::echo::EchoApp;

@@ -270,7 +270,12 @@ impl ChatApp {
 
     /// A join in cluster mode: read the room's state (seq, epoch, the
     /// user's marker) first; the first local join also subscribes the room.
-    pub(super) fn cluster_join(&mut self, port: &mut ChatPort, room_name: RoomName, join: JoinRequest) {
+    pub(super) fn cluster_join(
+        &mut self,
+        port: &mut ChatPort,
+        room_name: RoomName,
+        join: JoinRequest,
+    ) {
         let shards = port.shards();
         let Some(c) = &self.cluster else {
             return;
@@ -374,8 +379,7 @@ impl ChatApp {
                 .fan_out(port, &room_name, members, frame, except, None);
             return;
         }
-        if home.cluster.tracker.is_some() && f.epoch.as_deref().is_some_and(|e| *e != *home.epoch)
-        {
+        if home.cluster.tracker.is_some() && f.epoch.as_deref().is_some_and(|e| *e != *home.epoch) {
             return; // another history (data lost): the HistoryLost event follows
         }
         let Some(t) = home.cluster.tracker.as_mut() else {
@@ -483,7 +487,9 @@ impl ChatApp {
                     }
                 }
             }
-            BrokerEvent::Down { .. } | BrokerEvent::Recovered | BrokerEvent::PresenceLeft { .. } => {}
+            BrokerEvent::Down { .. }
+            | BrokerEvent::Recovered
+            | BrokerEvent::PresenceLeft { .. } => {}
         }
     }
 
@@ -624,7 +630,13 @@ impl ChatApp {
         c.broker.presence(room, cb);
     }
 
-    pub(super) fn cluster_read(&mut self, port: &mut ChatPort, room: RoomName, user: UserId, seq: Seq) {
+    pub(super) fn cluster_read(
+        &mut self,
+        port: &mut ChatPort,
+        room: RoomName,
+        user: UserId,
+        seq: Seq,
+    ) {
         let Some(c) = &self.cluster else {
             return;
         };
@@ -644,7 +656,13 @@ impl ChatApp {
         }
     }
 
-    pub(super) fn cluster_rooms(&mut self, port: &mut ChatPort, user: &UserId, conn: ConnRef, id: ReqId) {
+    pub(super) fn cluster_rooms(
+        &mut self,
+        port: &mut ChatPort,
+        user: &UserId,
+        conn: ConnRef,
+        id: ReqId,
+    ) {
         let Some(c) = &self.cluster else {
             return;
         };
