@@ -61,7 +61,7 @@ fn api_me_refuses_bad_tokens_with_the_reason() {
     assert_eq!(body["error"], "token expired");
 
     // signed with another secret
-    let other = Authenticator::new(Some(b"another-secret-0123456789"), None).unwrap();
+    let other = Authenticator::new(Some(b"another-secret-0123456789"), None, 0).unwrap();
     let forged = other
         .mint("alice", None, Some(600), None, true, now_secs())
         .unwrap();
