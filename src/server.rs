@@ -3,6 +3,7 @@
 
 use crate::app::App;
 use crate::auth::Authenticator;
+use crate::broker::{Broker, BrokerConfig};
 use crate::bus::{ShardLink, INBOX_CAPACITY};
 use crate::chat::{ChatApp, ChatShared, Preload};
 use crate::config::{self, Config, StoreKind};
@@ -41,6 +42,8 @@ pub enum ServerError {
     /// StoreError's own text already names the store.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("broker: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
     #[error("cannot read the public key {path}: {source}")]
     PublicKey {
         path: std::path::PathBuf,
@@ -84,16 +87,18 @@ pub fn run(cfg: Config, mode: Mode) -> Result<(), ServerError> {
     let cfg = Arc::new(cfg);
     let n = cfg.shards;
     match mode {
-        Mode::Echo => serve(cfg, (0..n).map(|_| EchoApp).collect(), None),
+        Mode::Echo => serve(cfg, (0..n).map(|_| EchoApp).collect(), None, None),
         Mode::Chat => {
-            let (apps, store_owner) = chat_apps(&cfg)?;
-            serve(cfg, apps, store_owner)
+            let (apps, store_owner, broker) = chat_apps(&cfg)?;
+            serve(cfg, apps, store_owner, broker)
         }
     }
 }
 
 /// One chat app per shard, each given its part of what the store holds.
-fn chat_apps(cfg: &Arc<Config>) -> Result<(Vec<ChatApp>, Option<SqliteStore>), ServerError> {
+type ChatParts = (Vec<ChatApp>, Option<SqliteStore>, Option<Broker>);
+
+fn chat_apps(cfg: &Arc<Config>) -> Result<ChatParts, ServerError> {
     let pem = match &cfg.jwt_public_key {
         Some(path) => Some(
             std::fs::read(path).map_err(|source| ServerError::PublicKey {
@@ -111,7 +116,15 @@ fn chat_apps(cfg: &Arc<Config>) -> Result<(Vec<ChatApp>, Option<SqliteStore>), S
     let mut preload = Preload::default();
     let mut handle = None;
     let mut store_owner = None;
-    if let Some((st, h)) = open_store(cfg)? {
+    let sqlite = if cfg.redis.is_some() {
+        if cfg.store == StoreKind::Sqlite {
+            tracing::info!("cluster mode: history lives in Redis; the SQLite store is not used");
+        }
+        None
+    } else {
+        open_store(cfg)?
+    };
+    if let Some((st, h)) = sqlite {
         preload.rooms = st.load_rooms()?;
         preload.markers = st.load_read_markers()?;
         tracing::info!(rooms = preload.rooms.len(), path = %cfg.data_dir.display(), "store opened");
@@ -119,14 +132,24 @@ fn chat_apps(cfg: &Arc<Config>) -> Result<(Vec<ChatApp>, Option<SqliteStore>), S
         store_owner = Some(st);
     }
     let shared = Arc::new(ChatShared::new(auth, handle, cfg));
-    let apps = (0..cfg.shards)
+    let mut apps: Vec<ChatApp> = (0..cfg.shards)
         .map(|i| {
             let mut app = ChatApp::new(i, cfg.shards, shared.clone(), cfg);
             app.apply_preload(&preload);
             app
         })
         .collect();
-    Ok((apps, store_owner))
+    let mut broker = None;
+    if let Some(url) = &cfg.redis {
+        let (sink, feeds) = crate::chat::cluster::sinks(cfg.shards);
+        let b = Broker::start(BrokerConfig::new(url.clone(), cfg.node_id.clone()), sink)?;
+        for (app, feed) in apps.iter_mut().zip(feeds) {
+            app.attach_cluster(b.handle(), feed);
+        }
+        tracing::info!(node = %cfg.node_id, "cluster mode: broker started");
+        broker = Some(b);
+    }
+    Ok((apps, store_owner, broker))
 }
 
 /// Binds the listeners, starts one pinned shard thread per app, and waits
@@ -135,6 +158,7 @@ fn serve<A>(
     cfg: Arc<Config>,
     apps: Vec<A>,
     store_owner: Option<SqliteStore>,
+    broker: Option<Broker>,
 ) -> Result<(), ServerError>
 where
     A: App + Send + 'static,
@@ -203,6 +227,11 @@ where
     }
     for t in threads {
         let _ = t.join();
+    }
+    if let Some(b) = broker {
+        // Removes this node's presence (user_left to the other nodes).
+        b.shutdown();
+        tracing::info!("broker stopped");
     }
     if let Some(st) = store_owner {
         drop(shared);

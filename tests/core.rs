@@ -529,7 +529,7 @@ fn slow_handshake_is_dropped() {
 
 #[test]
 fn expired_token_closes_open_connection_with_1008() {
-    let srv = Server::start(&["--heartbeat-ms", "100"]);
+    let srv = Server::start(&["--heartbeat-ms", "100", "--jwt-leeway-s", "0"]);
     let iat = corechat::auth::now_secs();
     let ttl = 3;
     let exp_ms = (iat + ttl) * 1000;

@@ -17,6 +17,7 @@
 //! join + replay + live exact without locks.
 
 mod client;
+pub mod cluster;
 pub mod frames;
 mod http_api;
 mod http_me;
@@ -121,6 +122,8 @@ pub struct ChatApp {
     gathers: HashMap<u64, Gather>,
     next_gather: u64,
     store: StoreClient,
+    /// Cluster mode (`--redis`): the broker and this shard's feed.
+    cluster: Option<cluster::Cluster>,
     latency: hdrhistogram::Histogram<u64>,
     last_export_ms: u64,
     last_sweep_ms: u64,
@@ -152,6 +155,7 @@ impl ChatApp {
             gathers: HashMap::new(),
             next_gather: 1,
             store: StoreClient::new(shared.store.clone()),
+            cluster: None,
             shared,
             latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
                 .expect("static histogram bounds are valid"),
@@ -283,6 +287,7 @@ impl App for ChatApp {
 
     fn end_of_turn(&mut self, port: &mut ChatPort) {
         self.store_turn(port);
+        self.cluster_turn(port);
     }
 
     fn on_tick(&mut self, port: &mut ChatPort) {
@@ -297,6 +302,9 @@ impl App for ChatApp {
     }
 
     fn unready_backend(&self) -> Option<&'static str> {
+        if let Some(b) = self.broker() {
+            return (!b.available()).then_some("broker");
+        }
         (!self.store.is_available()).then_some("store")
     }
 

@@ -6,6 +6,7 @@
 
 use super::room::StoreOp;
 use super::{ChatApp, ChatPort, RoomName, Seq};
+use crate::broker::BrokerHandle;
 use crate::store::{RangeQuery, StoreError, StoreHandle, StoredMessage};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -25,6 +26,8 @@ pub(super) enum StoreDone {
 
 pub(super) struct StoreClient {
     handle: Option<StoreHandle>,
+    /// Cluster mode: ranges, listings and availability come from Redis.
+    broker: Option<BrokerHandle>,
     next_op: u64,
     /// Range reads in flight and what they are for.
     ops: HashMap<u64, StoreOp>,
@@ -45,6 +48,7 @@ impl StoreClient {
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         StoreClient {
             handle,
+            broker: None,
             next_op: 1,
             ops: HashMap::new(),
             batches: HashMap::new(),
@@ -56,9 +60,15 @@ impl StoreClient {
         }
     }
 
+    /// Cluster mode: the broker replaces the store (history lives in Redis).
+    pub(super) fn use_broker(&mut self, broker: BrokerHandle) {
+        self.handle = None;
+        self.broker = Some(broker);
+    }
+
     /// Whether messages are stored (else the ring is all there is).
     pub(super) fn enabled(&self) -> bool {
-        self.handle.is_some()
+        self.handle.is_some() || self.broker.is_some()
     }
 
     pub(super) fn is_available(&self) -> bool {
@@ -85,14 +95,39 @@ impl StoreClient {
 
     /// Starts a range read; the answer comes back as `StoreDone::Ranged`.
     pub(super) fn start_range(&mut self, port: &ChatPort, room: &str, q: RangeQuery, op: StoreOp) {
+        let op_id = self.next_op;
+        let tx = self.done_tx.clone();
+        let waker = port.waker();
+        if let Some(broker) = &self.broker {
+            self.next_op += 1;
+            self.ops.insert(op_id, op);
+            let name = room.to_string();
+            broker.range(
+                room,
+                q,
+                Box::new(move |result| {
+                    let result = result
+                        .map(|page| {
+                            let msgs = page
+                                .entries
+                                .iter()
+                                .filter_map(|e| super::cluster::stored_of_entry(&name, e))
+                                .collect();
+                            (msgs, page.has_more)
+                        })
+                        .map_err(|e| StoreError::Unavailable(e.to_string()));
+                    if tx.send(StoreDone::Ranged { op: op_id, result }).is_ok() {
+                        let _ = waker.wake();
+                    }
+                }),
+            );
+            return;
+        }
         let Some(store) = &self.handle else {
             return;
         };
-        let op_id = self.next_op;
         self.next_op += 1;
         self.ops.insert(op_id, op);
-        let tx = self.done_tx.clone();
-        let waker = port.waker();
         store.range(
             room.to_string(),
             q,
@@ -137,6 +172,9 @@ impl StoreClient {
 
     /// Fire-and-forget: the user home decided the `rooms` list changed.
     pub(super) fn set_listed(&self, user: &str, room: &str, listed: bool) {
+        if let Some(broker) = &self.broker {
+            broker.set_listed(user, room, listed);
+        }
         if let Some(store) = &self.handle {
             store.set_listed(user.to_string(), room.to_string(), listed);
         }

@@ -32,6 +32,11 @@ impl UserHome {
         }
     }
 
+    /// (shard, connections) where the user is connected.
+    pub(super) fn shard_counts(&self) -> &[(u32, u32)] {
+        &self.shards
+    }
+
     /// Removes a room; false if it was not listed.
     fn unlist(&mut self, room: &RoomName) -> bool {
         match self.rooms.binary_search(room) {
@@ -56,7 +61,12 @@ impl ChatApp {
     pub(super) fn on_user_msg(&mut self, port: &mut ChatPort, msg: UserMsg) {
         match msg {
             UserMsg::Online { user, shard } => {
-                let home = self.user_homes.entry(user).or_default();
+                let home = self.user_homes.entry(user.clone()).or_default();
+                if home.shards.is_empty() {
+                    if let Some(c) = &self.cluster {
+                        c.broker.subscribe_user(&user);
+                    }
+                }
                 match home.shards.iter_mut().find(|(s, _)| *s == shard) {
                     Some((_, n)) => *n += 1,
                     None => home.shards.push((shard, 1)),
@@ -68,6 +78,11 @@ impl ChatApp {
                         home.shards[i].1 -= 1;
                         if home.shards[i].1 == 0 {
                             home.shards.swap_remove(i);
+                        }
+                    }
+                    if home.shards.is_empty() {
+                        if let Some(c) = &self.cluster {
+                            c.broker.unsubscribe_user(&user);
                         }
                     }
                     if home.shards.is_empty() && home.rooms.is_empty() {
@@ -100,6 +115,9 @@ impl ChatApp {
                 }
             }
             UserMsg::Listing { user, room, member } => self.listing(port, user, room, member),
+            UserMsg::RoomsRequest { user, conn, id } if self.cluster.is_some() => {
+                self.cluster_rooms(port, &user, conn, id)
+            }
             UserMsg::RoomsRequest { user, conn, id } => self.rooms_request(port, user, conn, id),
             UserMsg::RoomInfoReply { gather, entries } => {
                 let Some(g) = self.gathers.get_mut(&gather) else {

@@ -367,10 +367,6 @@ fn validation_errors_name_the_option() {
             &["--allowed-origin", "https://a.example/"],
             "invalid --allowed-origin: \"https://a.example/\" is not an origin like https://chat.example.com",
         ),
-        (
-            &["--redis", "redis://localhost"],
-            "cluster mode (--redis) is not available in this build yet",
-        ),
     ];
     for (args, want) in cases {
         let got = err(args);
@@ -603,10 +599,8 @@ fn config_file_errors() {
     );
 
     let f = TempFile::new("redis = \"redis://x\"\n");
-    assert_eq!(
-        err(&["--config", f.0.to_str().unwrap()]),
-        "cluster mode (--redis) is not available in this build yet"
-    );
+    let cfg = resolve(&["--config", f.0.to_str().unwrap()]).unwrap();
+    assert_eq!(cfg.redis.as_deref(), Some("redis://x"));
 
     let e = err(&["--config", "/nonexistent/corechat.toml"]);
     assert!(
@@ -624,14 +618,12 @@ fn empty_config_file_is_fine() {
 }
 
 #[test]
-fn refuse_unlanded_only_refuses_redis() {
-    assert!(refuse_unlanded(&Config::default()).is_ok());
+fn cluster_mode_is_accepted() {
     let cfg = Config {
         redis: Some("redis://localhost".into()),
         ..Config::default()
     };
-    let e = refuse_unlanded(&cfg).unwrap_err();
-    assert!(matches!(e, ConfigError::Unavailable(_)));
+    assert!(refuse_unlanded(&cfg).is_ok());
 }
 
 #[test]

@@ -19,6 +19,16 @@ impl ChatApp {
         id: ReqId,
     ) {
         let has_store = self.store.enabled();
+        if self.cluster.is_some() {
+            // Cluster mode: the room's stream in Redis holds its history.
+            let op = StoreOp::History {
+                room: room_name.clone(),
+                reply,
+                id,
+            };
+            self.store.start_range(port, &room_name, q, op);
+            return;
+        }
         if !self.homes.contains_key(&room_name) {
             // Every room with messages has a home (loaded at start, made by
             // its first publish): an unknown name has none. Reading it

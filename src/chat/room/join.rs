@@ -57,7 +57,7 @@ pub(in crate::chat) struct NextPage {
 }
 
 impl ChatApp {
-    pub(super) fn home_join(
+    pub(in crate::chat) fn home_join(
         &mut self,
         port: &mut ChatPort,
         room_name: RoomName,
@@ -265,7 +265,11 @@ impl ChatApp {
         };
         self.router.to_user_home(port, &join.user, listing);
         if let Some(frame) = announce {
-            self.broadcast(port, room_name, frame, Some(join.user));
+            match self.broker() {
+                // Redis announces it to every node (this one included).
+                Some(b) => b.presence_add(room_name, &join.user, &join.name_json, None),
+                None => self.broadcast(port, room_name, frame, Some(join.user)),
+            }
         }
     }
 
@@ -302,12 +306,15 @@ impl ChatApp {
         room.users.remove(user);
         // A DM room stays listed under `rooms` for its participants.
         let unlist = explicit && room.dm.is_none();
-        self.broadcast(
-            port,
-            room_name,
-            frames::user_left(room_name, user),
-            Some(user.clone()),
-        );
+        match self.broker() {
+            Some(b) => b.presence_remove(room_name, user, None),
+            None => self.broadcast(
+                port,
+                room_name,
+                frames::user_left(room_name, user),
+                Some(user.clone()),
+            ),
+        }
         self.evict_if_unused(room_name);
         if unlist {
             let msg = UserMsg::Listing {

@@ -42,8 +42,8 @@ struct Pending {
     received: Instant,
 }
 
-struct Presence {
-    name_json: NameJson,
+pub(super) struct Presence {
+    pub(super) name_json: NameJson,
     conns: u32,
 }
 
@@ -60,25 +60,40 @@ pub(super) enum StoreOp {
 
 /// A room as its home shard sees it.
 pub(super) struct HomeRoom {
-    epoch: Arc<str>,
+    pub(super) epoch: Arc<str>,
     pub(super) next_seq: Seq,
     pub(super) committed: Seq,
     ring: VecDeque<RingEntry>,
     /// Member connections per shard (non-DM rooms: where to fan out).
-    shard_members: Vec<u32>,
-    users: HashMap<UserId, Presence>,
+    pub(super) shard_members: Vec<u32>,
+    pub(super) users: HashMap<UserId, Presence>,
     pub(super) read: HashMap<UserId, Seq>,
     pending: VecDeque<Pending>,
     /// Joins waiting for a store replay (value: the connection is already
     /// counted as a member, a second join); a leave cancels one.
-    waiting: HashMap<ConnRef, bool>,
+    pub(super) waiting: HashMap<ConnRef, bool>,
     /// The two participants of a DM room.
-    dm: Option<(UserId, UserId)>,
+    pub(super) dm: Option<(UserId, UserId)>,
+    /// Cluster mode: the room's tracker and subscription.
+    pub(super) cluster: super::cluster::ClusterRoom,
     /// Shard clock (ms) of the last publish, join or leave (idle sweep).
     last_active_ms: u64,
 }
 
 impl HomeRoom {
+    /// Appends a committed frame to the ring, keeping at most `cap`.
+    pub(super) fn push_ring(&mut self, seq: Seq, ts: u64, frame: Bytes, hdr: usize, cap: usize) {
+        self.ring.push_back(RingEntry {
+            seq,
+            ts,
+            frame,
+            hdr,
+        });
+        while self.ring.len() > cap {
+            self.ring.pop_front();
+        }
+    }
+
     fn first_in_ring(&self) -> Seq {
         self.ring.front().map_or(self.committed + 1, |e| e.seq)
     }
@@ -124,7 +139,11 @@ impl ChatApp {
                     id,
                     rejoin,
                 };
-                self.home_join(port, room, join);
+                if self.cluster.is_some() {
+                    self.cluster_join(port, room, join);
+                } else {
+                    self.home_join(port, room, join);
+                }
             }
             HomeMsg::Leave {
                 room,
@@ -132,6 +151,7 @@ impl ChatApp {
                 user,
                 explicit,
             } => self.home_leave(port, &room, conn, &user, explicit),
+            HomeMsg::Publish(req) if self.cluster.is_some() => self.cluster_publish(port, *req),
             HomeMsg::Publish(req) => self.publish(port, *req),
             HomeMsg::History {
                 room,
@@ -149,7 +169,16 @@ impl ChatApp {
                 self.home_history(port, room, reply, q, id);
             }
             HomeMsg::ReplayMore { room, conn, after } => self.replay_more(port, room, conn, after),
+            HomeMsg::Presence { room, conn, id } if self.cluster.is_some() => {
+                self.cluster_presence(port, &room, conn, &id)
+            }
             HomeMsg::Presence { room, conn, id } => self.home_presence(port, &room, conn, &id),
+            HomeMsg::Typing { room, user } if self.cluster.is_some() => {
+                self.cluster_typing(&room, &user)
+            }
+            HomeMsg::Read { room, user, seq } if self.cluster.is_some() => {
+                self.cluster_read(port, room, user, seq)
+            }
             HomeMsg::Typing { room, user } => {
                 let frame = frames::typing(&room, &user);
                 self.broadcast(port, &room, frame, Some(user));
@@ -177,6 +206,7 @@ impl ChatApp {
             pending: VecDeque::new(),
             waiting: HashMap::new(),
             dm,
+            cluster: Default::default(),
             last_active_ms: 0,
         })
     }
@@ -184,6 +214,22 @@ impl ChatApp {
     /// Forgets a room nobody uses that never had a message: joining or
     /// reading a made-up name leaves nothing behind.
     pub(super) fn evict_if_unused(&mut self, room: &RoomName) {
+        if let Some(c) = &self.cluster {
+            // Cluster mode: a room without local members is forgotten (its
+            // channel unsubscribed); the next join reads its state again.
+            let unused = self
+                .homes
+                .get(room)
+                .is_some_and(|h| h.users.is_empty() && h.waiting.is_empty());
+            if unused {
+                if let Some(h) = self.homes.remove(room) {
+                    if h.cluster.subscribed {
+                        c.broker.unsubscribe_room(room);
+                    }
+                }
+            }
+            return;
+        }
         let unused = self.homes.get(room).is_some_and(|h| {
             h.committed == 0
                 && h.next_seq == 1
@@ -211,7 +257,7 @@ impl ChatApp {
         }
     }
 
-    fn home_room(&mut self, room: &RoomName, shards: usize) -> &mut HomeRoom {
+    pub(super) fn home_room(&mut self, room: &RoomName, shards: usize) -> &mut HomeRoom {
         if !self.homes.contains_key(room) {
             self.new_home_room(room.clone(), new_epoch());
         }
@@ -308,9 +354,22 @@ impl ChatApp {
                     .fan_out(port, room_name, members, frame, None, Some(p.received));
             }
         }
-        match p.reply {
+        self.send_ack(port, room_name, p.reply, &p.id, seq, ts);
+    }
+
+    /// The publisher's ack (WebSocket or HTTP).
+    pub(super) fn send_ack(
+        &mut self,
+        port: &mut ChatPort,
+        room_name: &RoomName,
+        reply: ReplyTo,
+        id: &ReqId,
+        seq: Seq,
+        ts: u64,
+    ) {
+        match reply {
             ReplyTo::Ws(conn) => {
-                let frame = frames::ws_ack(&p.id, room_name, seq, ts);
+                let frame = frames::ws_ack(id, room_name, seq, ts);
                 self.router
                     .to_conn_shard(port, conn, MemberMsg::ToConn { conn, frame });
             }
@@ -430,7 +489,7 @@ impl ChatApp {
         }
     }
 
-    fn reply_request_error(
+    pub(super) fn reply_request_error(
         &mut self,
         port: &mut ChatPort,
         reply: ReplyTo,

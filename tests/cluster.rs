@@ -1,0 +1,408 @@
+//! Cluster mode end to end: a private `redis-server` on a free port and
+//! several `corechat serve --redis` processes (all killed by PID on drop).
+
+mod common;
+
+use common::{Client, Server};
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let mut r = Redis {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cmd(&["PING"]).is_none() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Option<redis::Value> {
+        let mut c = redis::Client::open(self.url())
+            .ok()?
+            .get_connection()
+            .ok()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut c).ok()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self, wipe: bool) {
+        self.kill();
+        if wipe {
+            for e in std::fs::read_dir(self.dir.path()).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p).unwrap();
+                } else {
+                    std::fs::remove_file(&p).unwrap();
+                }
+            }
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node(redis: &Redis, id: &str) -> Server {
+    let url = redis.url();
+    let s = Server::start(&["--redis", &url, "--node-id", id, "--shards", "2"]);
+    wait_ready(&s, true);
+    s
+}
+
+fn ready(s: &Server) -> bool {
+    s.http("GET", "/ready", &[], "").0 == 200
+}
+
+fn wait_ready(s: &Server, want: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready(s) != want {
+        assert!(Instant::now() < deadline, "/ready never became {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn join(c: &mut Client, room: &str, since: Option<u64>) -> Value {
+    let mut req = json!({"type": "join", "room": room, "id": format!("j-{room}")});
+    if let Some(s) = since {
+        req["since"] = json!(s);
+    }
+    c.send_json(req);
+    c.recv_type("joined")
+}
+
+/// Message seqs of `room` until `last` is seen (or the timeout).
+fn messages_until(c: &mut Client, room: &str, last: u64, timeout: Duration) -> Vec<u64> {
+    let deadline = Instant::now() + timeout;
+    let mut seqs = Vec::new();
+    c.ws.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while Instant::now() < deadline && seqs.last() != Some(&last) {
+        match c.ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "message" && v["room"] == room {
+                    seqs.push(v["seq"].as_u64().unwrap());
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+    c.ws.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    seqs
+}
+
+/// Publishes and waits for the ack or the error.
+fn publish(c: &mut Client, room: &str, id: &str, body: Value) -> Value {
+    c.send_json(json!({"type": "publish", "room": room, "id": id, "body": body}));
+    loop {
+        let v = c.recv_json();
+        if (v["type"] == "ack" || v["type"] == "error") && v["id"] == id {
+            return v;
+        }
+    }
+}
+
+fn history(c: &mut Client, room: &str) -> Vec<Value> {
+    c.send_json(json!({"type": "history", "room": room, "id": "h", "limit": 100}));
+    let v = c.recv_type("history");
+    v["messages"].as_array().unwrap().clone()
+}
+
+fn range(a: u64, b: u64) -> Vec<u64> {
+    (a..=b).collect()
+}
+
+#[test]
+fn publishers_on_every_node_share_one_numbering() {
+    let redis = Redis::start();
+    let nodes: Vec<Server> = (1..=3).map(|k| node(&redis, &format!("n{k}"))).collect();
+    let mut members: Vec<Client> = Vec::new();
+    for (k, n) in nodes.iter().enumerate() {
+        for j in 0..2 {
+            let mut c = n.client(&format!("m{k}{j}"));
+            join(&mut c, "lobby", None);
+            members.push(c);
+        }
+    }
+    const PER: u64 = 30;
+    let threads: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(k, n)| {
+            let mut p = n.client(&format!("p{k}"));
+            join(&mut p, "lobby", None);
+            std::thread::spawn(move || {
+                for i in 0..PER {
+                    p.send_json(json!({"type": "publish", "room": "lobby", "id": i, "body": {"k": k, "i": i}}));
+                }
+                let mut acks = 0;
+                while acks < PER {
+                    let v = p.recv_json();
+                    assert_ne!(v["type"], "error", "{v}");
+                    if v["type"] == "ack" {
+                        acks += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let n = 3 * PER;
+    for m in members.iter_mut() {
+        let seqs = messages_until(m, "lobby", n, Duration::from_secs(15));
+        assert_eq!(seqs, range(1, n), "every member gets 1..N exactly once");
+    }
+    let first = history(&mut members[0], "lobby");
+    assert_eq!(first.len() as u64, n);
+    for m in members.iter_mut().skip(1) {
+        assert_eq!(
+            history(m, "lobby"),
+            first,
+            "history is the same from every node"
+        );
+    }
+}
+
+#[test]
+fn a_member_moving_to_another_node_resumes_with_since() {
+    let redis = Redis::start();
+    let (n1, n2) = (node(&redis, "a1"), node(&redis, "a2"));
+    let mut p = n2.client("pub");
+    join(&mut p, "move", None);
+    let mut m = n1.client("mover");
+    join(&mut m, "move", None);
+    for i in 0..10 {
+        assert_eq!(
+            publish(&mut p, "move", &format!("x{i}"), json!(i))["type"],
+            "ack"
+        );
+    }
+    assert_eq!(
+        messages_until(&mut m, "move", 10, Duration::from_secs(10)),
+        range(1, 10)
+    );
+    m.close();
+    for i in 10..25 {
+        assert_eq!(
+            publish(&mut p, "move", &format!("y{i}"), json!(i))["type"],
+            "ack"
+        );
+    }
+    let mut m = n2.client("mover");
+    let j = join(&mut m, "move", Some(10));
+    assert_eq!(j["seq"], 25, "{j}");
+    assert_eq!(j["recovered"], true, "{j}");
+    assert_eq!(publish(&mut p, "move", "z", json!("live"))["seq"], 26);
+    assert_eq!(
+        messages_until(&mut m, "move", 26, Duration::from_secs(10)),
+        range(11, 26)
+    );
+}
+
+#[test]
+fn a_cut_subscription_loses_and_doubles_nothing() {
+    let redis = Redis::start();
+    let (n1, n2) = (node(&redis, "c1"), node(&redis, "c2"));
+    let mut m1 = n1.client("cm1");
+    join(&mut m1, "cut", None);
+    let mut m2 = n2.client("cm2");
+    join(&mut m2, "cut", None);
+    let mut p = n2.client("cp");
+    join(&mut p, "cut", None);
+    const N: u64 = 200;
+    for i in 0..N {
+        if i == N / 2 {
+            redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        }
+        // While the subscriber link reconnects the node is unavailable:
+        // retry until acked.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while publish(&mut p, "cut", &format!("c{i}"), json!(i))["type"] != "ack" {
+            assert!(Instant::now() < deadline, "publishing never resumed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for m in [&mut m1, &mut m2] {
+        assert_eq!(
+            messages_until(m, "cut", N, Duration::from_secs(15)),
+            range(1, N)
+        );
+    }
+}
+
+#[test]
+fn redis_down_then_back_with_its_data() {
+    let mut redis = Redis::start();
+    let (n1, n2) = (node(&redis, "d1"), node(&redis, "d2"));
+    let mut m = n1.client("dm1");
+    join(&mut m, "down", None);
+    let mut p = n2.client("dp");
+    join(&mut p, "down", None);
+    let mut acked = 0;
+    for i in 0..20 {
+        if publish(&mut p, "down", &format!("a{i}"), json!(i))["type"] == "ack" {
+            acked += 1;
+        }
+    }
+    assert_eq!(acked, 20);
+    redis.kill();
+    wait_ready(&n1, false);
+    wait_ready(&n2, false);
+    let v = publish(&mut p, "down", "while-down", json!("x"));
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["code"], "unavailable", "{v}");
+    redis.restart(false);
+    wait_ready(&n1, true);
+    wait_ready(&n2, true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = 20;
+    while Instant::now() < deadline && last < 30 {
+        let v = publish(&mut p, "down", &format!("b{last}"), json!(last));
+        if v["type"] == "ack" {
+            last = v["seq"].as_u64().unwrap();
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(last >= 30, "publishing resumed");
+    // Clients stayed connected; nothing acked was lost; no gap.
+    assert_eq!(
+        messages_until(&mut m, "down", last, Duration::from_secs(15)),
+        range(1, last)
+    );
+}
+
+#[test]
+fn redis_restarted_empty_closes_members_with_1012() {
+    let mut redis = Redis::start();
+    let n1 = node(&redis, "e1");
+    let mut m = n1.client("em");
+    let j1 = join(&mut m, "empty", None);
+    for i in 0..5 {
+        assert_eq!(
+            publish(&mut m, "empty", &format!("e{i}"), json!(i))["type"],
+            "ack"
+        );
+    }
+    redis.restart(true);
+    assert_eq!(m.recv_close(), Some(1012));
+    wait_ready(&n1, true);
+    let mut m = n1.client("em");
+    let j2 = join(&mut m, "empty", Some(5));
+    assert_ne!(j2["epoch"], j1["epoch"], "{j1} {j2}");
+    assert_eq!(j2["seq"], 0, "{j2}");
+    assert_eq!(publish(&mut m, "empty", "after", json!(1))["seq"], 1);
+}
+
+#[test]
+fn presence_across_nodes_and_a_killed_node_leaves() {
+    let redis = Redis::start();
+    let (n1, n2) = (node(&redis, "f1"), node(&redis, "f2"));
+    let mut alice = n1.client("alice");
+    join(&mut alice, "hall", None);
+    let mut bob = n2.client("bob");
+    join(&mut bob, "hall", None);
+    let j = alice.recv_type("user_joined");
+    assert_eq!(j["user"], "bob", "{j}");
+    alice.send_json(json!({"type": "presence", "room": "hall", "id": "pr"}));
+    let p = alice.recv_type("presence");
+    let s = p.to_string();
+    assert!(s.contains("alice") && s.contains("bob"), "{p}");
+    n2.signal(9);
+    let t0 = Instant::now();
+    let l = alice.recv_type("user_left");
+    assert_eq!(l["user"], "bob", "{l}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn dms_across_nodes() {
+    let redis = Redis::start();
+    let (n1, n2) = (node(&redis, "g1"), node(&redis, "g2"));
+    let mut alice = n1.client("alice");
+    let mut bob = n2.client("bob");
+    // The user channel is subscribed at connect; give it a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    bob.send_json(json!({"type": "dm", "to": "alice", "body": "hi", "id": "d1"}));
+    let m = alice.recv_type("message");
+    assert_eq!(m["room"], "dm:alice:bob", "{m}");
+    assert_eq!(m["seq"], 1);
+    assert_eq!(m["from"], "bob");
+    alice.send_json(json!({"type": "dm", "to": "bob", "body": "hey", "id": "d2"}));
+    let mut m = bob.recv_type("message");
+    if m["seq"] == 1 {
+        m = bob.recv_type("message"); // the sender's own copy of the first
+    }
+    assert_eq!(m["seq"], 2, "{m}");
+    alice.send_json(json!({"type": "rooms", "id": "r"}));
+    let r = alice.recv_type("rooms");
+    assert!(r.to_string().contains("dm:alice:bob"), "{r}");
+}
