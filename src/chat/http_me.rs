@@ -31,7 +31,7 @@ pub(crate) fn me_response(auth: &Authenticator, req: &Request, now: u64) -> Resp
     let resp = match req.bearer() {
         None => Response::error(401, "missing token"),
         Some(token) => match auth.verify(token, now) {
-            Ok(identity) => Response::json(200, me_json(&identity)),
+            Ok(identity) => Response::json(200, me_json(&identity, auth.leeway_secs())),
             Err(e) => Response::error(401, &e.to_string()),
         },
     };
@@ -39,12 +39,13 @@ pub(crate) fn me_response(auth: &Authenticator, req: &Request, now: u64) -> Resp
     resp.header("cache-control", "no-store")
 }
 
-fn me_json(identity: &Identity) -> String {
+/// `exp` is the token's own claim: `Identity::exp` carries the leeway too.
+fn me_json(identity: &Identity, leeway_secs: u64) -> String {
     serde_json::json!({
         "user": &*identity.user,
         "name": &*identity.name,
         "admin": identity.admin,
-        "exp": identity.exp,
+        "exp": identity.exp.map(|e| e.saturating_sub(leeway_secs)),
     })
     .to_string()
 }
