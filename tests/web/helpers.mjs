@@ -210,7 +210,9 @@ export class Server {
     return `ws://127.0.0.1:${this.port}/ws`;
   }
   args() {
-    const a = ["serve", "--listen", `127.0.0.1:${this.port}`, "--jwt-secret", this.secret, "--guest"];
+    // No clock leeway: the tests mint tokens that expire in seconds and
+    // expect the server to act at `exp` (the default leeway is 30 s).
+    const a = ["serve", "--listen", `127.0.0.1:${this.port}`, "--jwt-secret", this.secret, "--guest", "--jwt-leeway-s", "0"];
     if (this.store === "memory") a.push("--store", "memory");
     if (this.dataDir) a.push("--data-dir", this.dataDir);
     return a.concat(this.extra);
