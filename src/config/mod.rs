@@ -11,11 +11,11 @@
 //! snake_case), the merge, the validation and the `Debug` output. How a type
 //! is read from text or TOML (and the words of its errors) is in `value`.
 
+mod args;
 mod file;
 pub mod secret;
 mod value;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -23,10 +23,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use clap::parser::ValueSource;
-use clap::{Arg, ArgAction, ArgMatches, Args, Parser, Subcommand, ValueEnum};
+use clap::{Arg, ArgAction, Args, Parser, Subcommand, ValueEnum};
 use rand::Rng;
 
+pub use args::{clap_error_line, ServeArgs};
 use file::FileValues;
 pub use secret::SecretFile;
 pub use value::{OptValue, Shape};
@@ -603,130 +603,6 @@ fn positive<T: Positive>(v: &T) -> Result<(), String> {
     } else {
         Err("must be greater than zero".into())
     }
-}
-
-// ---------------------------------------------------------------------------
-// Flags and environment
-
-/// The `serve` options given as flags or `CORECHAT_*` variables, as text
-/// (checked by clap against each option's type); `Config::resolve` merges
-/// them with the file and the defaults. The clap arguments are generated
-/// from the option table.
-#[derive(Clone, Default)]
-pub struct ServeArgs {
-    /// TOML config file; keys are the option names in snake_case.
-    pub config: Option<PathBuf>,
-    given: BTreeMap<&'static str, Given>,
-}
-
-#[derive(Clone)]
-struct Given {
-    texts: Vec<String>,
-    from_env: bool,
-    secret: bool,
-}
-
-impl ServeArgs {
-    /// The texts given for the option with this `Config` field name.
-    fn texts(&self, field: &str) -> Option<&[String]> {
-        self.given.get(field).map(|g| g.texts.as_slice())
-    }
-
-    /// Whether the option with this `Config` field name was given as a
-    /// flag or an environment variable.
-    pub fn is_given(&self, field: &str) -> bool {
-        self.given.contains_key(field)
-    }
-}
-
-impl fmt::Debug for ServeArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = f.debug_struct("ServeArgs");
-        s.field("config", &self.config);
-        for (field, g) in &self.given {
-            let source = if g.from_env { "env" } else { "flag" };
-            if g.secret {
-                s.field(field, &(source, "<redacted>"));
-            } else {
-                s.field(field, &(source, &g.texts));
-            }
-        }
-        s.finish()
-    }
-}
-
-impl clap::FromArgMatches for ServeArgs {
-    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
-        let mut args = ServeArgs::default();
-        args.update_from_arg_matches(m)?;
-        Ok(args)
-    }
-
-    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
-        if let Some(path) = m.get_one::<PathBuf>("config") {
-            self.config = Some(path.clone());
-        }
-        for info in options() {
-            if let Some(values) = m.get_many::<String>(info.field) {
-                let given = Given {
-                    texts: values.cloned().collect(),
-                    from_env: m.value_source(info.field) == Some(ValueSource::EnvVariable),
-                    secret: info.secret,
-                };
-                self.given.insert(info.field, given);
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Args for ServeArgs {
-    fn augment_args(cmd: clap::Command) -> clap::Command {
-        let config = Arg::new("config")
-            .long("config")
-            .env("CORECHAT_CONFIG")
-            .value_name("FILE")
-            .value_parser(clap::value_parser!(PathBuf))
-            .help("TOML config file; keys are the option names in snake_case");
-        options()
-            .iter()
-            .fold(cmd.arg(config), |cmd, info| cmd.arg(info.arg()))
-    }
-
-    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
-        Self::augment_args(cmd)
-    }
-}
-
-/// A bad option value found by clap (a flag or `CORECHAT_*` variable that
-/// is not a valid value of its type) as one line: `invalid --shards:
-/// expected a whole number, got "four"`. None for other clap errors
-/// (unknown flags, `--help`), which clap prints itself.
-pub fn clap_error_line(e: &clap::Error) -> Option<String> {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
-    if !matches!(
-        e.kind(),
-        ErrorKind::ValueValidation | ErrorKind::InvalidValue
-    ) {
-        return None;
-    }
-    let arg = match e.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(s)) => s
-            .split([' ', '[', '=', '<'])
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-        _ => return None,
-    };
-    let reason = match std::error::Error::source(e) {
-        Some(source) => source.to_string(),
-        None => match e.get(ContextKind::InvalidValue) {
-            Some(ContextValue::String(v)) if v.is_empty() => "a value is required".to_owned(),
-            Some(ContextValue::String(v)) => format!("{v:?} is not accepted"),
-            _ => return None,
-        },
-    };
-    Some(format!("invalid {arg}: {reason}"))
 }
 
 // ---------------------------------------------------------------------------
