@@ -111,6 +111,12 @@ pub(super) enum BrokerDone {
     },
 }
 
+/// Joins of one room that may wait for its subscription; past it, a join
+/// reads the room's state at once.
+const DEFERRED_JOINS_MAX: usize = 4096;
+/// How long a join waits for its room's subscription to be confirmed.
+const DEFERRED_JOIN_WAIT_MS: u64 = 2000;
+
 /// A shard's cluster state.
 pub(super) struct Cluster {
     pub(super) broker: BrokerHandle,
@@ -128,6 +134,14 @@ pub(super) struct ClusterRoom {
     early: Vec<(Seq, Bytes)>,
     /// The room's channel is subscribed.
     pub(super) subscribed: bool,
+    /// The subscription is confirmed (a `CatchUp` named the room): frames
+    /// published from now on reach this node.
+    live: bool,
+    /// Joins waiting for the subscription to be live, so that a client that
+    /// got `joined` also gets every later `user_joined`, `typing`, `read`.
+    deferred: Vec<JoinRequest>,
+    /// Shard clock (ms) when the first deferred join arrived.
+    deferred_since_ms: u64,
 }
 
 impl Cluster {
@@ -281,20 +295,66 @@ impl ChatApp {
             return;
         };
         let broker = c.broker.clone();
-        let (conn, rejoin, user) = (join.conn, join.rejoin, join.user.clone());
+        let home = self.home_room(&room_name, shards);
+        home.waiting.insert(join.conn, join.rejoin);
+        if home.dm.is_none() && !home.cluster.subscribed {
+            home.cluster.subscribed = true;
+            broker.subscribe_room(&room_name);
+        }
+        // With the broker down the state read fails at once: `unavailable`.
+        let wait = home.dm.is_none()
+            && !home.cluster.live
+            && broker.available()
+            && home.cluster.deferred.len() < DEFERRED_JOINS_MAX;
+        if wait {
+            if home.cluster.deferred.is_empty() {
+                home.cluster.deferred_since_ms = port.now_ms();
+            }
+            home.cluster.deferred.push(join);
+            return;
+        }
+        self.request_state(port, room_name, join);
+    }
+
+    /// Joins still waiting for a subscription after `DEFERRED_JOIN_WAIT_MS`
+    /// go ahead anyway (a confirmation lost in a reconnect must not leave a
+    /// client without an answer).
+    pub(super) fn release_stale_joins(&mut self, port: &mut ChatPort) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let now = port.now_ms();
+        let mut stale = Vec::new();
+        for (room, home) in &mut self.homes {
+            let c = &mut home.cluster;
+            if !c.deferred.is_empty()
+                && now.saturating_sub(c.deferred_since_ms) >= DEFERRED_JOIN_WAIT_MS
+            {
+                stale.extend(
+                    std::mem::take(&mut c.deferred)
+                        .into_iter()
+                        .map(|j| (room.clone(), j)),
+                );
+            }
+        }
+        for (room, join) in stale {
+            self.request_state(port, room, join);
+        }
+    }
+
+    /// Reads the room's seq, epoch and the user's marker for a join.
+    fn request_state(&mut self, port: &mut ChatPort, room_name: RoomName, join: JoinRequest) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        let user = join.user.clone();
         let room_key = room_name.clone();
         let cb = c.reply(port, move |result| BrokerDone::State {
             room: room_key,
             join,
             result,
         });
-        let home = self.home_room(&room_name, shards);
-        home.waiting.insert(conn, rejoin);
-        if home.dm.is_none() && !home.cluster.subscribed {
-            home.cluster.subscribed = true;
-            broker.subscribe_room(&room_name);
-        }
-        broker.state(&room_name, &user, cb);
+        c.broker.state(&room_name, &user, cb);
     }
 
     fn state_read(
@@ -467,6 +527,16 @@ impl ChatApp {
             BrokerEvent::CatchUp { rooms, .. } => {
                 for room in rooms {
                     let room_name: RoomName = Arc::from(room.as_str());
+                    let deferred = match self.homes.get_mut(&room_name) {
+                        Some(h) => {
+                            h.cluster.live = true;
+                            std::mem::take(&mut h.cluster.deferred)
+                        }
+                        None => Vec::new(),
+                    };
+                    for join in deferred {
+                        self.request_state(port, room_name.clone(), join);
+                    }
                     let after = self
                         .homes
                         .get_mut(&room_name)

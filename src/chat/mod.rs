@@ -295,6 +295,7 @@ impl App for ChatApp {
             self.last_export_ms = port.now_ms();
             port.metrics().export_latency(&self.latency);
         }
+        self.release_stale_joins(port);
         if port.now_ms() >= self.last_sweep_ms + SWEEP_MS {
             self.last_sweep_ms = port.now_ms();
             self.sweep_idle_rooms(port.now_ms());
