@@ -3,6 +3,8 @@
 //! Redis, a cut subscription, Redis stopped and restarted with and without
 //! its data, a dead node's presence, and a throughput measurement.
 
+mod common;
+
 use bytes::Bytes;
 use corechat::broker::{
     Broker, BrokerConfig, BrokerError, BrokerEvent, BrokerHandle, ChannelFrame, ChannelKind,
@@ -10,116 +12,13 @@ use corechat::broker::{
 };
 use corechat::protocol::MessageFields;
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- Redis
 
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    aof: bool,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Redis {
-    /// A private Redis; `aof`: `--appendonly yes --appendfsync always`.
-    fn start(aof: bool) -> Redis {
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            aof,
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", ""])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if self.aof {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            cmd.args(["--appendonly", "no"]);
-        }
-        self.child = Some(cmd.spawn().expect("redis-server must be installed"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn con(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-
-    /// SIGKILL, by PID.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Kill and start again on the same port; `wipe`: without its data.
-    fn restart(&mut self, wipe: bool) {
-        self.kill();
-        if wipe {
-            for e in std::fs::read_dir(self.dir.path()).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    std::fs::remove_dir_all(&p).unwrap();
-                } else {
-                    std::fs::remove_file(&p).unwrap();
-                }
-            }
-        }
-        self.spawn();
-    }
-
-    #[allow(dead_code)]
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use common::redis::Redis;
 
 // ---------------------------------------------------------------- nodes
 

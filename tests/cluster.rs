@@ -5,99 +5,9 @@ mod common;
 
 use common::{Client, Server};
 use serde_json::{json, Value};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cmd(&["PING"]).is_none() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Option<redis::Value> {
-        let mut c = redis::Client::open(self.url())
-            .ok()?
-            .get_connection()
-            .ok()?;
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query(&mut c).ok()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self, wipe: bool) {
-        self.kill();
-        if wipe {
-            for e in std::fs::read_dir(self.dir.path()).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    std::fs::remove_dir_all(&p).unwrap();
-                } else {
-                    std::fs::remove_file(&p).unwrap();
-                }
-            }
-        }
-        self.spawn();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use common::redis::Redis;
 
 fn node(redis: &Redis, id: &str) -> Server {
     let url = redis.url();
@@ -180,7 +90,7 @@ fn range(a: u64, b: u64) -> Vec<u64> {
 
 #[test]
 fn publishers_on_every_node_share_one_numbering() {
-    let redis = Redis::start();
+    let redis = Redis::start(true);
     let nodes: Vec<Server> = (1..=3).map(|k| node(&redis, &format!("n{k}"))).collect();
     let mut members: Vec<Client> = Vec::new();
     for (k, n) in nodes.iter().enumerate() {
@@ -233,7 +143,7 @@ fn publishers_on_every_node_share_one_numbering() {
 
 #[test]
 fn a_member_moving_to_another_node_resumes_with_since() {
-    let redis = Redis::start();
+    let redis = Redis::start(true);
     let (n1, n2) = (node(&redis, "a1"), node(&redis, "a2"));
     let mut p = n2.client("pub");
     join(&mut p, "move", None);
@@ -269,7 +179,7 @@ fn a_member_moving_to_another_node_resumes_with_since() {
 
 #[test]
 fn a_cut_subscription_loses_and_doubles_nothing() {
-    let redis = Redis::start();
+    let redis = Redis::start(true);
     let (n1, n2) = (node(&redis, "c1"), node(&redis, "c2"));
     let mut m1 = n1.client("cm1");
     join(&mut m1, "cut", None);
@@ -300,7 +210,7 @@ fn a_cut_subscription_loses_and_doubles_nothing() {
 
 #[test]
 fn redis_down_then_back_with_its_data() {
-    let mut redis = Redis::start();
+    let mut redis = Redis::start(true);
     let (n1, n2) = (node(&redis, "d1"), node(&redis, "d2"));
     let mut m = n1.client("dm1");
     join(&mut m, "down", None);
@@ -342,7 +252,7 @@ fn redis_down_then_back_with_its_data() {
 
 #[test]
 fn redis_restarted_empty_closes_members_with_1012() {
-    let mut redis = Redis::start();
+    let mut redis = Redis::start(true);
     let n1 = node(&redis, "e1");
     let mut m = n1.client("em");
     let j1 = join(&mut m, "empty", None);
@@ -364,7 +274,7 @@ fn redis_restarted_empty_closes_members_with_1012() {
 
 #[test]
 fn presence_across_nodes_and_a_killed_node_leaves() {
-    let redis = Redis::start();
+    let redis = Redis::start(true);
     let (n1, n2) = (node(&redis, "f1"), node(&redis, "f2"));
     let mut alice = n1.client("alice");
     join(&mut alice, "hall", None);
@@ -385,7 +295,7 @@ fn presence_across_nodes_and_a_killed_node_leaves() {
 
 #[test]
 fn dms_across_nodes() {
-    let redis = Redis::start();
+    let redis = Redis::start(true);
     let (n1, n2) = (node(&redis, "g1"), node(&redis, "g2"));
     let mut alice = n1.client("alice");
     let mut bob = n2.client("bob");
