@@ -12,6 +12,7 @@
 //! is read from text or TOML (and the words of its errors) is in `value`.
 
 mod args;
+mod checks;
 mod file;
 pub mod secret;
 mod value;
@@ -27,6 +28,7 @@ use clap::{Arg, ArgAction, Args, Parser, Subcommand, ValueEnum};
 use rand::Rng;
 
 pub use args::{clap_error_line, ServeArgs};
+use checks::*;
 use file::FileValues;
 pub use secret::SecretFile;
 pub use value::{OptValue, Shape};
@@ -503,105 +505,6 @@ impl<T: OptValue> fmt::Debug for Shown<'_, T> {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         Opts::new().debug(self, f)
-    }
-}
-
-// Checks of single options. Each takes `&T` for the option's exact type
-// `T` (a `Check<T>`), hence `&PathBuf` and `&String`.
-
-fn shard_count(n: &usize) -> Result<(), String> {
-    if (1..=MAX_SHARDS).contains(n) {
-        Ok(())
-    } else {
-        Err(format!("must be between 1 and {MAX_SHARDS}"))
-    }
-}
-
-#[allow(clippy::ptr_arg)]
-fn non_empty_path(p: &PathBuf) -> Result<(), String> {
-    if p.as_os_str().is_empty() {
-        return Err("must not be empty".into());
-    }
-    Ok(())
-}
-
-fn non_empty_secret(s: &Option<String>) -> Result<(), String> {
-    if s.as_deref() == Some("") {
-        return Err("must not be empty".into());
-    }
-    Ok(())
-}
-
-#[allow(clippy::ptr_arg)]
-fn non_blank(s: &String) -> Result<(), String> {
-    if s.trim().is_empty() {
-        return Err("must not be empty".into());
-    }
-    Ok(())
-}
-
-fn readable_file(p: &Option<PathBuf>) -> Result<(), String> {
-    if let Some(path) = p {
-        fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    }
-    Ok(())
-}
-
-#[allow(clippy::ptr_arg)]
-fn node_id(id: &String) -> Result<(), String> {
-    if valid_node_id(id) {
-        Ok(())
-    } else {
-        Err("must be 1 to 64 characters of A-Z a-z 0-9 _ . -".into())
-    }
-}
-
-#[allow(clippy::ptr_arg)]
-fn origins(origins: &Vec<String>) -> Result<(), String> {
-    for origin in origins {
-        // Browsers send `scheme://host[:port]`, never a path or trailing slash.
-        if !origin.contains("://")
-            || origin.ends_with('/')
-            || origin.chars().any(char::is_whitespace)
-        {
-            return Err(format!(
-                "{origin:?} is not an origin like https://chat.example.com"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Values that must be greater than zero when set.
-trait Positive {
-    fn positive(&self) -> bool;
-}
-macro_rules! positive_int {
-    ($($t:ty),*) => {$(
-        impl Positive for $t {
-            fn positive(&self) -> bool {
-                *self > 0
-            }
-        }
-    )*};
-}
-positive_int!(usize, u32, u64, i32);
-impl Positive for Duration {
-    fn positive(&self) -> bool {
-        !self.is_zero()
-    }
-}
-impl<T: Positive> Positive for Option<T> {
-    fn positive(&self) -> bool {
-        self.as_ref().is_none_or(T::positive)
-    }
-}
-
-fn positive<T: Positive>(v: &T) -> Result<(), String> {
-    if v.positive() {
-        Ok(())
-    } else {
-        Err("must be greater than zero".into())
     }
 }
 
