@@ -11,8 +11,9 @@
 
 mod common;
 use common::chat::*;
+use common::raw::{Raw, MASK};
 use common::*;
-use corechat::ws::{self, OpCode, Parse};
+use corechat::ws::{self, OpCode};
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -21,7 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const MASK: [u8; 4] = [0x5a, 0x13, 0xc7, 0x2e];
 const MIB: u64 = 1024 * 1024;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -121,102 +121,6 @@ fn check_growth(test: &str, start: u64, peak: u64, end: u64, bound_mib: u64) {
         mib(start),
         mib(peak)
     );
-}
-
-/// A raw WebSocket connection (hand-written upgrade, hand-built frames).
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    fn open(addr: &str, token: &str) -> Raw {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let req = format!(
-            "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        let mut raw = Raw { s, buf: Vec::new() };
-        let head = raw.read_until(b"\r\n\r\n");
-        let text = String::from_utf8_lossy(&head).to_string();
-        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
-        raw
-    }
-
-    fn read_until(&mut self, pat: &[u8]) -> Vec<u8> {
-        loop {
-            if let Some(i) = self.buf.windows(pat.len()).position(|w| w == pat) {
-                let rest = self.buf.split_off(i + pat.len());
-                return std::mem::replace(&mut self.buf, rest);
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.s.read(&mut chunk).unwrap();
-            assert!(n > 0, "closed before {pat:?}");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).unwrap();
-    }
-
-    fn send_json(&mut self, v: Value) {
-        self.send(&ws::client_frame(
-            OpCode::Text,
-            v.to_string().as_bytes(),
-            MASK,
-        ));
-    }
-
-    /// A complete frame already buffered, if any.
-    fn buffered_frame(&mut self) -> Option<(OpCode, Vec<u8>)> {
-        let mut copy = self.buf.clone();
-        if let Ok(Parse::Frame(h)) = ws::parse_server_frame(&mut copy, 1 << 26) {
-            let payload = copy[h.payload_start..h.total_len()].to_vec();
-            self.buf.drain(..h.total_len());
-            return Some((h.opcode, payload));
-        }
-        None
-    }
-
-    /// Next frame from the server: (opcode, payload); None at EOF or error.
-    fn frame(&mut self) -> Option<(OpCode, Vec<u8>)> {
-        loop {
-            if let Some(f) = self.buffered_frame() {
-                return Some(f);
-            }
-            let mut chunk = [0u8; 65536];
-            match self.s.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// Next text frame as JSON; panics on a close or EOF.
-    fn json(&mut self) -> Value {
-        loop {
-            match self.frame() {
-                Some((OpCode::Text, p)) => return serde_json::from_slice(&p).expect("JSON"),
-                Some((OpCode::Close, p)) => panic!("unexpected close: {p:?}"),
-                Some(_) => continue,
-                None => panic!("connection ended"),
-            }
-        }
-    }
-
-    /// Sends a join and reads up to its `joined`.
-    fn join(&mut self, room: &str) {
-        self.send_json(json!({"type": "join", "room": room, "id": "j"}));
-        loop {
-            let v = self.json();
-            if v["id"] == "j" {
-                assert_eq!(v["type"], "joined", "{v}");
-                return;
-            }
-        }
-    }
 }
 
 /// Writes as much of `data[*off..]` as the socket takes now (non-blocking

@@ -2,84 +2,13 @@
 //! codes, heartbeats, timeouts, shutdown, metrics, shards.
 
 mod common;
+use common::raw::{Raw, MASK};
 use common::*;
-use corechat::ws::{self, OpCode, Parse};
+use corechat::ws::{self, OpCode};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
-
-/// A raw WebSocket connection, to send frames a correct client never would.
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    fn open(addr: &str, token: &str) -> Raw {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let req = format!(
-            "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        let mut raw = Raw { s, buf: Vec::new() };
-        let head = raw.read_until(b"\r\n\r\n");
-        let text = String::from_utf8_lossy(&head).to_string();
-        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
-        assert!(
-            text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
-            "accept key: {text}"
-        );
-        raw
-    }
-
-    fn read_until(&mut self, pat: &[u8]) -> Vec<u8> {
-        loop {
-            if let Some(i) = self.buf.windows(pat.len()).position(|w| w == pat) {
-                let rest = self.buf.split_off(i + pat.len());
-                return std::mem::replace(&mut self.buf, rest);
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.s.read(&mut chunk).unwrap();
-            assert!(n > 0, "closed before {pat:?}");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).unwrap();
-    }
-
-    /// Next frame from the server: (opcode, payload); None at EOF.
-    fn frame(&mut self) -> Option<(OpCode, Vec<u8>)> {
-        loop {
-            let mut copy = self.buf.clone();
-            if let Ok(Parse::Frame(h)) = ws::parse_server_frame(&mut copy, 1 << 24) {
-                let payload = copy[h.payload_start..h.total_len()].to_vec();
-                self.buf.drain(..h.total_len());
-                return Some((h.opcode, payload));
-            }
-            let mut chunk = [0u8; 4096];
-            match self.s.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// Reads frames until a close; returns its code.
-    fn close_code(&mut self) -> Option<u16> {
-        while let Some((op, payload)) = self.frame() {
-            if op == OpCode::Close {
-                return Some(u16::from_be_bytes([payload[0], payload[1]]));
-            }
-        }
-        None
-    }
-}
-
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 #[test]
 fn welcome_carries_the_session_facts() {

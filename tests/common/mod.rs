@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod raw;
 pub mod redis;
 
 use corechat::auth::{now_secs, Authenticator};
