@@ -201,6 +201,22 @@ impl Cmd2 {
         format!("{}{{{}}}:{}", self.p(), room, what)
     }
 
+    /// The keys and arguments of `PRESENCE_ADD` (with the display name) and
+    /// `PRESENCE_REMOVE` (without): the same but for the name.
+    fn presence_args(&self, c: &mut Cmd, room: &str, user: &str, name_json: Option<&str>) {
+        let chans = self.channels(room);
+        c.arg(3)
+            .arg(self.key(room, "pn"))
+            .arg(self.key(room, "pu"))
+            .arg(format!("{}np:{}", self.p(), self.node()))
+            .arg(user)
+            .arg(self.node());
+        if let Some(name_json) = name_json {
+            c.arg(name_json);
+        }
+        c.arg(room).arg(chans.len()).arg(&chans);
+    }
+
     /// Where a room's frames are published: its channel, or a DM room's two
     /// users' channels.
     fn channels(&self, room: &str) -> Vec<String> {
@@ -525,32 +541,13 @@ impl Cmd2 {
                 ..
             } => {
                 let mut c = self.script(&s.presence_add, scripts::PRESENCE_ADD, eval);
-                let chans = self.channels(room);
-                c.arg(3)
-                    .arg(self.key(room, "pn"))
-                    .arg(self.key(room, "pu"))
-                    .arg(format!("{}np:{}", self.p(), self.node()))
-                    .arg(user)
-                    .arg(self.node())
-                    .arg(name_json)
-                    .arg(room)
-                    .arg(chans.len())
-                    .arg(&chans);
+                self.presence_args(&mut c, room, user, Some(name_json));
                 pipe.add_command(c);
                 1
             }
             Request::PresenceRemove { room, user, .. } => {
                 let mut c = self.script(&s.presence_remove, scripts::PRESENCE_REMOVE, eval);
-                let chans = self.channels(room);
-                c.arg(3)
-                    .arg(self.key(room, "pn"))
-                    .arg(self.key(room, "pu"))
-                    .arg(format!("{}np:{}", self.p(), self.node()))
-                    .arg(user)
-                    .arg(self.node())
-                    .arg(room)
-                    .arg(chans.len())
-                    .arg(&chans);
+                self.presence_args(&mut c, room, user, None);
                 pipe.add_command(c);
                 1
             }
