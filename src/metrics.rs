@@ -110,6 +110,7 @@ pub struct ShardMetrics {
     pub accept_errors: AtomicU64,
     pub errors_sent: AtomicU64,
     pub bus_batches_out: AtomicU64,
+    pub broker_gap_frames: AtomicU64,
     disconnects: [AtomicU64; 15],
     /// Cumulative bucket counts (Prometheus `le` semantics), then +Inf.
     latency_buckets: [AtomicU64; 17],
@@ -187,6 +188,10 @@ const HELP: &[(&str, &str)] = &[
         "Messages published (publish, dm and the HTTP API) and numbered by their room's home shard.",
     ),
     (
+        "corechat_broker_gap_frames_total",
+        "Cluster mode: numbered frames (room messages, DMs) that pub/sub did not bring and were read from the Redis stream instead, per shard.",
+    ),
+    (
         "corechat_deliveries_total",
         "Message frames queued to member connections (fan-out), per shard.",
     ),
@@ -245,7 +250,7 @@ fn header(out: &mut String, name: &str, kind: &str) {
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64)]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     type Getter = fn(&ShardMetrics) -> &AtomicU64;
-    let counters: [(&str, &str, Getter); 15] = [
+    let counters: [(&str, &str, Getter); 16] = [
         ("corechat_connections_open", "gauge", |m| {
             &m.connections_open
         }),
@@ -261,6 +266,9 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64
         ("corechat_bytes_out_total", "counter", |m| &m.bytes_out),
         ("corechat_publishes_total", "counter", |m| &m.publishes),
         ("corechat_deliveries_total", "counter", |m| &m.deliveries),
+        ("corechat_broker_gap_frames_total", "counter", |m| {
+            &m.broker_gap_frames
+        }),
         ("corechat_rate_limited_total", "counter", |m| {
             &m.rate_limited
         }),
@@ -427,6 +435,7 @@ mod tests {
             ("corechat_bytes_out_total", "counter"),
             ("corechat_publishes_total", "counter"),
             ("corechat_deliveries_total", "counter"),
+            ("corechat_broker_gap_frames_total", "counter"),
             ("corechat_rate_limited_total", "counter"),
             ("corechat_auth_failures_total", "counter"),
             ("corechat_rejected_upgrades_total", "counter"),
@@ -439,6 +448,6 @@ mod tests {
         ] {
             assert!(types.contains(&(name, kind)), "{name} {kind} missing");
         }
-        assert_eq!(types.len(), 18);
+        assert_eq!(types.len(), 19);
     }
 }

@@ -142,7 +142,16 @@ fn chat_apps(cfg: &Arc<Config>) -> Result<ChatParts, ServerError> {
     let mut broker = None;
     if let Some(url) = &cfg.redis {
         let (sink, feeds) = crate::chat::cluster::sinks(cfg.shards);
-        let b = Broker::start(BrokerConfig::new(url.clone(), cfg.node_id.clone()), sink)?;
+        let mut bc = BrokerConfig::new(url.clone(), cfg.node_id.clone());
+        // The stream is bounded even without a retention option: Redis
+        // holds it in memory.
+        if let Some(n) = cfg.retention_messages {
+            bc.stream_maxlen = n;
+        }
+        if let Some(age) = cfg.retention_age {
+            bc.retention_age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX).max(1);
+        }
+        let b = Broker::start(bc, sink)?;
         for (app, feed) in apps.iter_mut().zip(feeds) {
             app.attach_cluster(b.handle(), feed);
         }

@@ -189,8 +189,13 @@ fn a_cut_subscription_loses_and_doubles_nothing() {
     join(&mut p, "cut", None);
     const N: u64 = 200;
     for i in 0..N {
-        if i == N / 2 {
+        if i == N / 3 {
+            // Every node's subscription at once ...
             redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        }
+        if i == 2 * N / 3 {
+            // ... then only m1's node's: p's node goes on publishing.
+            assert_eq!(redis.kill_clients_named("corechat-sub-c1"), 1);
         }
         // While the subscriber link reconnects the node is unavailable:
         // retry until acked.
@@ -206,6 +211,10 @@ fn a_cut_subscription_loses_and_doubles_nothing() {
             range(1, N)
         );
     }
+    assert!(
+        n1.metric("corechat_broker_gap_frames_total", None) > 0.0,
+        "the cut lost frames that c1 read back from the stream"
+    );
 }
 
 #[test]
@@ -315,4 +324,117 @@ fn dms_across_nodes() {
     alice.send_json(json!({"type": "rooms", "id": "r"}));
     let r = alice.recv_type("rooms");
     assert!(r.to_string().contains("dm:alice:bob"), "{r}");
+}
+
+/// Sends a DM and waits for its ack or error.
+fn dm(c: &mut Client, to: &str, id: &str, body: Value) -> Value {
+    c.send_json(json!({"type": "dm", "to": to, "id": id, "body": body}));
+    loop {
+        let v = c.recv_json();
+        if (v["type"] == "ack" || v["type"] == "error") && v["id"] == id {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn dms_through_a_cut_subscription_lose_and_double_nothing() {
+    let redis = Redis::start(true);
+    let (n1, n2) = (node(&redis, "h1"), node(&redis, "h2"));
+    let mut alice = n1.client("alice");
+    let mut bob = n2.client("bob");
+    std::thread::sleep(Duration::from_millis(300));
+    const N: u64 = 120;
+    for i in 0..N {
+        if i == N / 3 || i == 2 * N / 3 {
+            // Cuts alice's node's subscription only: the DMs bob's node
+            // publishes until it is back reach h1 through no channel.
+            assert_eq!(redis.kill_clients_named("corechat-sub-h1"), 1);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dm(&mut bob, "alice", &format!("d{i}"), json!(i))["type"] != "ack" {
+            assert!(Instant::now() < deadline, "DMs never resumed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(
+        messages_until(&mut alice, "dm:alice:bob", N, Duration::from_secs(15)),
+        range(1, N)
+    );
+    assert!(
+        n1.metric("corechat_broker_gap_frames_total", None) > 0.0,
+        "the cut lost DMs that h1 read back from the stream"
+    );
+    // The sender's other connections get them too, in order.
+    let mut bob2 = n1.client("bob");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(dm(&mut alice, "bob", "back", json!("hi"))["seq"], N + 1);
+    assert_eq!(
+        messages_until(&mut bob2, "dm:alice:bob", N + 1, Duration::from_secs(15)),
+        vec![N + 1]
+    );
+}
+
+#[test]
+fn joined_members_count_users_on_every_node() {
+    let redis = Redis::start(true);
+    let (n1, n2) = (node(&redis, "k1"), node(&redis, "k2"));
+    let mut a = n1.client("ann");
+    assert_eq!(join(&mut a, "count", None)["members"], 1);
+    let mut b = n2.client("ben");
+    assert_eq!(join(&mut b, "count", None)["members"], 2);
+    // A second connection of a user already present adds no one.
+    let mut a2 = n2.client("ann");
+    assert_eq!(join(&mut a2, "count", None)["members"], 2);
+    let mut c = n1.client("cat");
+    assert_eq!(join(&mut c, "count", None)["members"], 3);
+}
+
+#[test]
+fn retention_applies_to_the_redis_stream() {
+    let redis = Redis::start(true);
+    let url = redis.url();
+    let by_count = Server::start(&[
+        "--redis",
+        &url,
+        "--node-id",
+        "r1",
+        "--retention-messages",
+        "5",
+    ]);
+    wait_ready(&by_count, true);
+    let mut m = by_count.client("ret");
+    join(&mut m, "kept", None);
+    for i in 0..40 {
+        assert_eq!(
+            publish(&mut m, "kept", &format!("k{i}"), json!(i))["type"],
+            "ack"
+        );
+    }
+    // `MAXLEN ~` trims whole stream nodes: about 5 kept, never all 40.
+    let kept = history(&mut m, "kept").len();
+    assert!((5..40).contains(&kept), "{kept} messages kept");
+    let j = join(&mut by_count.client("ret2"), "kept", Some(0));
+    assert_eq!(j["recovered"], false, "{j}");
+
+    let by_age = Server::start(&["--redis", &url, "--node-id", "r2", "--retention-age", "1s"]);
+    wait_ready(&by_age, true);
+    let mut m = by_age.client("age");
+    join(&mut m, "aged", None);
+    for i in 0..3 {
+        assert_eq!(
+            publish(&mut m, "aged", &format!("a{i}"), json!(i))["type"],
+            "ack"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(publish(&mut m, "aged", "fresh", json!("new"))["seq"], 4);
+    let h = history(&mut m, "aged");
+    let seqs: Vec<u64> = h.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![4], "older than the age were trimmed: {h:?}");
+    let key_ttl = redis.cmd(&["PTTL", "cc:{aged}:log"]);
+    assert!(
+        matches!(key_ttl, Some(redis::Value::Int(ms)) if ms > 0 && ms <= 1000),
+        "an idle room's log expires as a whole: {key_ttl:?}"
+    );
 }

@@ -263,6 +263,8 @@ impl Cmd2 {
         con.set_read_timeout(Some(t))?;
         con.set_write_timeout(Some(t))?;
         let mut pipe = redis::pipe();
+        let name = format!("corechat-cmd-{}", self.shared.cfg.node_id);
+        pipe.cmd("CLIENT").arg("SETNAME").arg(name).ignore();
         for s in scripts::ALL {
             pipe.cmd("SCRIPT").arg("LOAD").arg(*s).ignore();
         }
@@ -432,7 +434,8 @@ impl Cmd2 {
                     .arg(&req.parts.prefix)
                     .arg(&req.parts.suffix)
                     .arg(self.node())
-                    .arg(&req.room);
+                    .arg(&req.room)
+                    .arg(self.shared.cfg.retention_age_ms);
                 let chans = self.channels(&req.room);
                 c.arg(chans.len()).arg(&chans);
                 match crate::protocol::dm_participants(&req.room) {
@@ -468,11 +471,12 @@ impl Cmd2 {
             }
             Request::State { room, user, .. } => {
                 let mut c = self.script(&s.state, scripts::STATE, eval);
-                c.arg(4)
+                c.arg(5)
                     .arg(self.key(room, "seq"))
                     .arg(self.key(room, "epoch"))
                     .arg(self.key(room, "read"))
                     .arg(format!("{}boot", self.p()))
+                    .arg(self.key(room, "pu"))
                     .arg(self.boot.as_deref().unwrap_or(""))
                     .arg(new_id())
                     .arg(user);
@@ -677,11 +681,12 @@ fn complete(r: Request, vals: Vec<Value>) {
                 Some(e) => Err(e),
                 None => {
                     let v = items(first);
-                    match (v.first(), v.get(1).and_then(text), v.get(2)) {
-                        (Some(seq), Some(epoch), Some(read)) => Ok(RoomState {
+                    match (v.first(), v.get(1).and_then(text), v.get(2), v.get(3)) {
+                        (Some(seq), Some(epoch), Some(read), Some(members)) => Ok(RoomState {
                             seq: uint(seq),
                             epoch,
                             read: uint(read),
+                            members: uint(members),
                         }),
                         _ => Err(BrokerError::Server("bad state reply".into())),
                     }

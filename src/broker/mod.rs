@@ -149,6 +149,8 @@ pub struct BrokerConfig {
     pub prefix: String,
     /// `XADD ... MAXLEN ~ N`: about this many messages kept per room.
     pub stream_maxlen: u64,
+    /// Stored messages older than this (ms) are trimmed; 0 keeps them.
+    pub retention_age_ms: u64,
     /// Capacity of the request queue.
     pub queue_capacity: usize,
     /// Requests sent in one pipeline at most.
@@ -169,6 +171,7 @@ impl BrokerConfig {
             node_id: node_id.into(),
             prefix: "cc:".into(),
             stream_maxlen: 10_000,
+            retention_age_ms: 0,
             queue_capacity: 65_536,
             batch_max: 4096,
             heartbeat_interval: Duration::from_secs(1),
@@ -259,6 +262,8 @@ pub struct RoomState {
     pub epoch: String,
     /// The asking user's read marker.
     pub read: u64,
+    /// Users present in the room on any node, the asking user included.
+    pub members: u64,
 }
 
 /// One stored message.

@@ -10,8 +10,15 @@
 
 /// KEYS: seq, epoch, log, boot.
 /// ARGV: boot id expected, epoch candidate, MAXLEN, ts, JSON prefix, JSON
-/// suffix, origin node, room, n channels, channels..., m list keys, keys...
+/// suffix, origin node, room, max age ms (0: none), n channels,
+/// channels..., m list keys, keys...
 /// Returns {seq, epoch}; error `BOOT` when the broker's data was lost.
+///
+/// Retention: `MAXLEN ~` bounds the count. An age bound trims the oldest
+/// entries (at most 64 per publish, so the work is spread over publishes)
+/// and lets an idle room's log expire as a whole; `seq` and `epoch` never
+/// expire, so numbering goes on and a resume past the kept part reports
+/// `recovered: false`.
 pub(crate) const PUBLISH: &str = r#"
 if redis.call('GET', KEYS[4]) ~= ARGV[1] then
   return redis.error_reply('BOOT broker data lost')
@@ -25,20 +32,43 @@ local seq = redis.call('INCR', KEYS[1])
 local s = string.format('%d', seq)
 local frame = ARGV[5] .. s .. ARGV[6]
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], s .. '-0', 'seq', s, 'ts', ARGV[4], 'frame', frame)
-local payload = s .. ' ' .. epoch .. ' ' .. ARGV[7] .. ' - ' .. ARGV[8] .. '\n' .. frame
-local n = tonumber(ARGV[9])
-for i = 1, n do
-  redis.call('PUBLISH', ARGV[9 + i], payload)
+local age = tonumber(ARGV[9])
+if age > 0 then
+  local cutoff = tonumber(ARGV[4]) - age
+  local old = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 64)
+  local keep = nil
+  for _, e in ipairs(old) do
+    local f = e[2]
+    local ts = nil
+    for i = 1, #f, 2 do
+      if f[i] == 'ts' then ts = tonumber(f[i + 1]) end
+    end
+    if ts and ts >= cutoff then keep = e[1] break end
+  end
+  if keep then
+    redis.call('XTRIM', KEYS[3], 'MINID', keep)
+  elseif #old > 0 then
+    local last = tonumber(string.match(old[#old][1], '^(%d+)'))
+    redis.call('XTRIM', KEYS[3], 'MINID', string.format('%d-0', last + 1))
+  end
+  redis.call('PEXPIRE', KEYS[3], age)
 end
-local m = tonumber(ARGV[10 + n])
+local payload = s .. ' ' .. epoch .. ' ' .. ARGV[7] .. ' - ' .. ARGV[8] .. '\n' .. frame
+local n = tonumber(ARGV[10])
+for i = 1, n do
+  redis.call('PUBLISH', ARGV[10 + i], payload)
+end
+local m = tonumber(ARGV[11 + n])
 for i = 1, m do
-  redis.call('SADD', ARGV[10 + n + i], ARGV[8])
+  redis.call('SADD', ARGV[11 + n + i], ARGV[8])
 end
 return {seq, epoch}
 "#;
 
-/// KEYS: seq, epoch, read, boot. ARGV: boot id, epoch candidate, user.
-/// Returns {seq, epoch, read marker}; creates the epoch of a new room.
+/// KEYS: seq, epoch, read, boot, pu. ARGV: boot id, epoch candidate, user.
+/// Returns {seq, epoch, read marker, members}: `members` counts the users
+/// present on any node, the asking user included (its presence is added
+/// just after). Creates the epoch of a new room.
 pub(crate) const STATE: &str = r#"
 if redis.call('GET', KEYS[4]) ~= ARGV[1] then
   return redis.error_reply('BOOT broker data lost')
@@ -50,7 +80,9 @@ if not epoch then
 end
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local read = tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
-return {seq, epoch, read}
+local members = redis.call('HLEN', KEYS[5])
+if redis.call('HEXISTS', KEYS[5], ARGV[3]) == 0 then members = members + 1 end
+return {seq, epoch, read, members}
 "#;
 
 /// KEYS: read, seq. ARGV: user, seq. The marker only grows and never passes

@@ -161,13 +161,19 @@ impl Sub {
                 return Err(std::io::Error::other(format!("AUTH: {e}")));
             }
         }
-        // Up only once Redis answers (not while it is still loading).
+        // Named, so an operator (or a test) can tell the links apart in
+        // `CLIENT LIST`; up only once Redis answers (not while loading).
+        let name = format!("corechat-sub-{}", self.shared.cfg.node_id);
         let mut out = Vec::new();
+        resp::encode(&mut out, &[b"CLIENT", b"SETNAME", name.as_bytes()]);
         resp::encode(&mut out, &[b"PING"]);
         stream.write_all(&out)?;
         stream.set_read_timeout(Some(t))?;
-        if let Resp::Error(e) = read_one(&mut stream, &mut Vec::new())? {
-            return Err(std::io::Error::other(format!("PING: {e}")));
+        let mut buf = Vec::new();
+        for what in ["CLIENT SETNAME", "PING"] {
+            if let Resp::Error(e) = read_one(&mut stream, &mut buf)? {
+                return Err(std::io::Error::other(format!("{what}: {e}")));
+            }
         }
         stream.set_read_timeout(Some(POLL))?;
         Ok(stream)

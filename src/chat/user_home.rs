@@ -62,14 +62,16 @@ impl ChatApp {
         match msg {
             UserMsg::Online { user, shard } => {
                 let home = self.user_homes.entry(user.clone()).or_default();
-                if home.shards.is_empty() {
-                    if let Some(c) = &self.cluster {
-                        c.broker.subscribe_user(&user);
-                    }
-                }
+                let first = home.shards.is_empty();
                 match home.shards.iter_mut().find(|(s, _)| *s == shard) {
                     Some((_, n)) => *n += 1,
                     None => home.shards.push((shard, 1)),
+                }
+                if first {
+                    if let Some(c) = &self.cluster {
+                        c.broker.subscribe_user(&user);
+                    }
+                    self.dm_online(port, &user);
                 }
             }
             UserMsg::Offline { user, shard } => {
@@ -81,8 +83,9 @@ impl ChatApp {
                         }
                     }
                     if home.shards.is_empty() {
-                        if let Some(c) = &self.cluster {
+                        if let Some(c) = &mut self.cluster {
                             c.broker.unsubscribe_user(&user);
+                            c.dm_offline(&user);
                         }
                     }
                     if home.shards.is_empty() && home.rooms.is_empty() {

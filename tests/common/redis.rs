@@ -84,6 +84,28 @@ impl Redis {
         cmd.query(&mut c).ok()
     }
 
+    /// Closes the Redis connections named `name` (corechat names its links
+    /// `corechat-sub-<node>` and `corechat-cmd-<node>`); how many there were.
+    pub fn kill_clients_named(&self, name: &str) -> usize {
+        let mut con = self.con();
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+        let ids: Vec<String> = list
+            .lines()
+            .filter(|l| l.split(' ').any(|f| f == format!("name={name}")))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_string)
+            .collect();
+        for id in &ids {
+            let _: redis::Value = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query(&mut con)
+                .unwrap();
+        }
+        ids.len()
+    }
+
     /// SIGKILL, by PID.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -39,6 +39,9 @@ pub(in crate::chat) struct JoinRequest {
     pub since: Seq,
     pub id: ReqId,
     pub rejoin: bool,
+    /// Cluster mode: users present on any node, as Redis counted them when
+    /// the join's state was read (`joined.members` spans the cluster).
+    pub cluster_members: Option<u64>,
 }
 
 /// A join whose first replay page is being read from the store.
@@ -240,7 +243,9 @@ impl ChatApp {
             room: room_name,
             seq: room.committed,
             epoch: &room.epoch,
-            members: room.users.len(),
+            members: join
+                .cluster_members
+                .map_or(room.users.len(), |n| room.users.len().max(n as usize)),
             read: read.unwrap_or(0),
             recovered,
         });

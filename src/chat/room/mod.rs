@@ -138,6 +138,7 @@ impl ChatApp {
                     since: since.unwrap_or(u64::MAX),
                     id,
                     rejoin,
+                    cluster_members: None,
                 };
                 if self.cluster.is_some() {
                     self.cluster_join(port, room, join);

@@ -10,6 +10,8 @@
 //! - Broker answers (publish, state, gap reads, presence, read, rooms) come
 //!   back as [`BrokerDone`] on the shard that asked, taken in `end_of_turn`.
 
+mod dm;
+
 use super::frames::{self, RoomEntry};
 use super::msg::{MemberMsg, PublishReq};
 use super::room::JoinRequest;
@@ -109,6 +111,15 @@ pub(super) enum BrokerDone {
         id: ReqId,
         result: Result<Vec<RoomListEntry>, BrokerError>,
     },
+    DmRooms {
+        user: UserId,
+        result: Result<Vec<RoomListEntry>, BrokerError>,
+    },
+    DmGap {
+        user: UserId,
+        room: RoomName,
+        result: Result<RangePage, BrokerError>,
+    },
 }
 
 /// Joins of one room that may wait for its subscription; past it, a join
@@ -123,6 +134,8 @@ pub(super) struct Cluster {
     feed: ShardFeed,
     done_tx: Sender<BrokerDone>,
     done_rx: Receiver<BrokerDone>,
+    /// DM tracking of the users homed here with local connections.
+    dms: std::collections::HashMap<UserId, dm::DmTrack>,
 }
 
 /// A room's cluster state at its home.
@@ -152,6 +165,7 @@ impl Cluster {
             feed,
             done_tx,
             done_rx,
+            dms: std::collections::HashMap::new(),
         }
     }
 
@@ -391,6 +405,10 @@ impl ChatApp {
         };
         home.epoch = st.epoch.as_str().into();
         home.read.insert(join.user.clone(), st.read);
+        let join = JoinRequest {
+            cluster_members: Some(st.members),
+            ..join
+        };
         let mut step = None;
         if home.dm.is_some() {
             home.committed = home.committed.max(st.seq);
@@ -497,11 +515,16 @@ impl ChatApp {
         if f.except_user.as_deref() == Some(f.target.as_str()) {
             return;
         }
-        let Some(home) = self.user_homes.get(f.target.as_str()) else {
-            return;
-        };
         let user: UserId = Arc::from(f.target.as_str());
         let room: RoomName = Arc::from(f.room.as_str());
+        if f.seq > 0 {
+            // A numbered DM: in order, gaps filled (dm.rs).
+            self.dm_frame(port, user, room, f.seq, f.json);
+            return;
+        }
+        let Some(home) = self.user_homes.get(&user) else {
+            return;
+        };
         let frame = frames::text(&f.json);
         let received = Instant::now();
         for &(shard, _) in home.shard_counts() {
@@ -510,7 +533,7 @@ impl ChatApp {
                 MemberMsg::UserFrame {
                     user: user.clone(),
                     room: room.clone(),
-                    seq: f.seq,
+                    seq: 0,
                     frame: frame.clone(),
                     received,
                 }
@@ -523,8 +546,12 @@ impl ChatApp {
 
     fn on_broker_event(&mut self, port: &mut ChatPort, e: BrokerEvent) {
         match e {
-            BrokerEvent::HistoryLost => self.history_lost(port),
-            BrokerEvent::CatchUp { rooms, .. } => {
+            BrokerEvent::HistoryLost => {
+                self.history_lost(port);
+                self.dm_history_lost(port);
+            }
+            BrokerEvent::CatchUp { rooms, users, .. } => {
+                self.dm_catch_up(port, users);
                 for room in rooms {
                     let room_name: RoomName = Arc::from(room.as_str());
                     let deferred = match self.homes.get_mut(&room_name) {
@@ -619,6 +646,7 @@ impl ChatApp {
                 };
                 match result {
                     Ok(page) => {
+                        count_gap_frames(port, t, &page);
                         let step = t.fill(page.entries, page.has_more);
                         self.apply_step(port, &room, step);
                     }
@@ -656,6 +684,8 @@ impl ChatApp {
                     }
                 }
             }
+            BrokerDone::DmRooms { user, result } => self.dm_rooms_read(port, user, result),
+            BrokerDone::DmGap { user, room, result } => self.dm_gap_read(port, user, room, result),
             BrokerDone::Rooms { conn, id, result } => {
                 let frame = match result {
                     Ok(list) => {
@@ -739,6 +769,13 @@ impl ChatApp {
         let cb = c.reply(port, move |result| BrokerDone::Rooms { conn, id, result });
         c.broker.rooms_of(user, cb);
     }
+}
+
+/// Counts the frames a gap read brings that pub/sub had not delivered.
+fn count_gap_frames(port: &ChatPort, t: &GapTracker, page: &RangePage) {
+    let before = t.delivered();
+    let n = page.entries.iter().filter(|e| e.seq > before).count();
+    crate::metrics::add(&port.metrics().broker_gap_frames, n as u64);
 }
 
 fn to_string(json: &Bytes) -> String {
