@@ -278,6 +278,7 @@ fn redis_restarted_empty_closes_members_with_1012() {
     let j2 = join(&mut m, "empty", Some(5));
     assert_ne!(j2["epoch"], j1["epoch"], "{j1} {j2}");
     assert_eq!(j2["seq"], 0, "{j2}");
+    assert_eq!(j2["recovered"], false, "since 5 > latest 0: from 0 {j2}");
     assert_eq!(publish(&mut m, "empty", "after", json!(1))["seq"], 1);
 }
 
@@ -436,5 +437,61 @@ fn retention_applies_to_the_redis_stream() {
     assert!(
         matches!(key_ttl, Some(redis::Value::Int(ms)) if ms > 0 && ms <= 1000),
         "an idle room's log expires as a whole: {key_ttl:?}"
+    );
+}
+
+/// Joins, retrying while the node answers `unavailable` (it may not have
+/// noticed yet that Redis came back empty).
+fn join_retrying(c: &mut Client, room: &str, since: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        c.send_json(json!({"type": "join", "room": room, "id": "jr", "since": since}));
+        let v = loop {
+            let v = c.recv_json();
+            if v["type"] == "joined" || (v["type"] == "error" && v["id"] == "jr") {
+                break v;
+            }
+        };
+        if v["type"] == "joined" {
+            return v;
+        }
+        assert_eq!(v["code"], "unavailable", "{v}");
+        assert!(Instant::now() < deadline, "join never succeeded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn redis_restarted_empty_two_nodes_agree_on_the_new_history() {
+    let mut redis = Redis::start(true);
+    let (n1, n2) = (node(&redis, "x1"), node(&redis, "x2"));
+    let mut m1 = n1.client("xm1");
+    let old = join(&mut m1, "again", None);
+    let mut m2 = n2.client("xm2");
+    join(&mut m2, "again", None);
+    for i in 0..5 {
+        assert_eq!(
+            publish(&mut m1, "again", &format!("x{i}"), json!(i))["type"],
+            "ack"
+        );
+    }
+    redis.restart(true);
+    assert_eq!(m1.recv_close(), Some(1012));
+    assert_eq!(m2.recv_close(), Some(1012));
+    // Each moves to the other node at once and resumes from what it had.
+    let mut m1 = n2.client("xm1");
+    let j1 = join_retrying(&mut m1, "again", 5);
+    let mut m2 = n1.client("xm2");
+    let j2 = join_retrying(&mut m2, "again", 5);
+    assert_ne!(j1["epoch"], old["epoch"], "{old} {j1}");
+    assert_eq!(j1["epoch"], j2["epoch"], "{j1} {j2}");
+    for j in [&j1, &j2] {
+        assert_eq!(j["recovered"], false, "{j}");
+    }
+    let ack = publish(&mut m1, "again", "new", json!("first of the new history"));
+    assert_eq!(ack["seq"], 1, "{ack}");
+    assert_eq!(
+        messages_until(&mut m2, "again", 1, Duration::from_secs(10)),
+        vec![1]
     );
 }
