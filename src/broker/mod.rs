@@ -114,7 +114,9 @@
 //!   `presence`: `presence(room)`. `history`: `range` (same [`RangeQuery`]
 //!   semantics as the store).
 //! - DMs: the user home calls `subscribe_user(user)` while the user has
-//!   local connections; DM messages arrive as `ChannelKind::User` frames.
+//!   local connections; DM messages arrive as `ChannelKind::User` frames,
+//!   ordered per (user, DM room) by a [`GapTracker`] at the user home
+//!   (`chat/cluster/dm.rs`).
 //! - `HistoryLost`: close the members of every room with 1012 and drop the
 //!   rooms' trackers. `Down`/`Recovered`: nothing to do but answer
 //!   `unavailable`; `PresenceReset`: call `presence_add` again for every
