@@ -10,8 +10,14 @@ use std::time::{Duration, Instant};
 use common::redis::Redis;
 
 fn node(redis: &Redis, id: &str) -> Server {
+    node_with(redis, id, &[])
+}
+
+fn node_with(redis: &Redis, id: &str, extra: &[&str]) -> Server {
     let url = redis.url();
-    let s = Server::start(&["--redis", &url, "--node-id", id, "--shards", "2"]);
+    let mut args = vec!["--redis", &url, "--node-id", id, "--shards", "2"];
+    args.extend_from_slice(extra);
+    let s = Server::start(&args);
     wait_ready(&s, true);
     s
 }
@@ -493,5 +499,80 @@ fn redis_restarted_empty_two_nodes_agree_on_the_new_history() {
     assert_eq!(
         messages_until(&mut m2, "again", 1, Duration::from_secs(10)),
         vec![1]
+    );
+}
+
+/// Message seqs of `room` until the connection drops.
+fn messages_until_dropped(c: &mut Client, room: &str, timeout: Duration) -> Vec<u64> {
+    let deadline = Instant::now() + timeout;
+    let mut seqs = Vec::new();
+    c.ws.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while Instant::now() < deadline {
+        match c.ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "message" && v["room"] == room {
+                    seqs.push(v["seq"].as_u64().unwrap());
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return seqs,
+        }
+    }
+    panic!("the connection never dropped");
+}
+
+#[test]
+fn a_node_killed_during_traffic_its_member_resumes_elsewhere_with_no_gap() {
+    let redis = Redis::start(true);
+    let fast = ["--rate-per-sec", "1000", "--burst", "1000"];
+    let (n1, n2) = (
+        node_with(&redis, "s1", &fast),
+        node_with(&redis, "s2", &fast),
+    );
+    let mut m = n1.client("survivor");
+    join(&mut m, "live", None);
+    let mut p = n2.client("talker");
+    join(&mut p, "live", None);
+    const N: u64 = 300;
+    let publisher = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for i in 0..N {
+            let v = publish(&mut p, "live", &format!("l{i}"), json!(i));
+            assert_eq!(v["type"], "ack", "{v}");
+            acked.push(v["seq"].as_u64().unwrap());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        acked
+    });
+    // Let some traffic reach the member, then SIGKILL its node mid-stream.
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        got.push(m.recv_type("message")["seq"].as_u64().unwrap());
+    }
+    n1.signal(9);
+    got.extend(messages_until_dropped(
+        &mut m,
+        "live",
+        Duration::from_secs(10),
+    ));
+    let last = *got.last().unwrap();
+    let mut m = n2.client("survivor");
+    let j = join(&mut m, "live", Some(last));
+    assert_eq!(j["recovered"], true, "{j}");
+    let acked = publisher.join().unwrap();
+    got.extend(messages_until(&mut m, "live", N, Duration::from_secs(15)));
+    assert_eq!(acked, range(1, N));
+    assert_eq!(
+        got,
+        range(1, N),
+        "every acked message once, in order, across the move"
     );
 }
