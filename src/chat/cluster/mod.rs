@@ -11,6 +11,7 @@
 //!   back as [`BrokerDone`] on the shard that asked, taken in `end_of_turn`.
 
 mod dm;
+mod join;
 
 use super::frames::{self, RoomEntry};
 use super::msg::{MemberMsg, PublishReq};
@@ -122,12 +123,6 @@ pub(super) enum BrokerDone {
     },
 }
 
-/// Joins of one room that may wait for its subscription; past it, a join
-/// reads the room's state at once.
-const DEFERRED_JOINS_MAX: usize = 4096;
-/// How long a join waits for its room's subscription to be confirmed.
-const DEFERRED_JOIN_WAIT_MS: u64 = 2000;
-
 /// A shard's cluster state.
 pub(super) struct Cluster {
     pub(super) broker: BrokerHandle,
@@ -155,6 +150,13 @@ pub(super) struct ClusterRoom {
     deferred: Vec<JoinRequest>,
     /// Shard clock (ms) when the first deferred join arrived.
     deferred_since_ms: u64,
+    /// Joins whose state read saw a seq this node has not delivered yet
+    /// (its frames are on their way): they take effect once it has, so
+    /// `joined.seq` is never below a seq acked before the join, and a
+    /// `since` from another node is never taken for an older epoch's.
+    awaiting: Vec<(Seq, JoinRequest)>,
+    /// Shard clock (ms) when the first awaiting join arrived.
+    awaiting_since_ms: u64,
 }
 
 impl Cluster {
@@ -294,147 +296,6 @@ impl ChatApp {
         );
     }
 
-    // -- room home: join
-
-    /// A join in cluster mode: read the room's state (seq, epoch, the
-    /// user's marker) first; the first local join also subscribes the room.
-    pub(super) fn cluster_join(
-        &mut self,
-        port: &mut ChatPort,
-        room_name: RoomName,
-        join: JoinRequest,
-    ) {
-        let shards = port.shards();
-        let Some(c) = &self.cluster else {
-            return;
-        };
-        let broker = c.broker.clone();
-        let home = self.home_room(&room_name, shards);
-        home.waiting.insert(join.conn, join.rejoin);
-        if home.dm.is_none() && !home.cluster.subscribed {
-            home.cluster.subscribed = true;
-            broker.subscribe_room(&room_name);
-        }
-        // With the broker down the state read fails at once: `unavailable`.
-        let wait = home.dm.is_none()
-            && !home.cluster.live
-            && broker.available()
-            && home.cluster.deferred.len() < DEFERRED_JOINS_MAX;
-        if wait {
-            if home.cluster.deferred.is_empty() {
-                home.cluster.deferred_since_ms = port.now_ms();
-            }
-            home.cluster.deferred.push(join);
-            return;
-        }
-        self.request_state(port, room_name, join);
-    }
-
-    /// Joins still waiting for a subscription after `DEFERRED_JOIN_WAIT_MS`
-    /// go ahead anyway (a confirmation lost in a reconnect must not leave a
-    /// client without an answer).
-    pub(super) fn release_stale_joins(&mut self, port: &mut ChatPort) {
-        if self.cluster.is_none() {
-            return;
-        }
-        let now = port.now_ms();
-        let mut stale = Vec::new();
-        for (room, home) in &mut self.homes {
-            let c = &mut home.cluster;
-            if !c.deferred.is_empty()
-                && now.saturating_sub(c.deferred_since_ms) >= DEFERRED_JOIN_WAIT_MS
-            {
-                stale.extend(
-                    std::mem::take(&mut c.deferred)
-                        .into_iter()
-                        .map(|j| (room.clone(), j)),
-                );
-            }
-        }
-        for (room, join) in stale {
-            self.request_state(port, room, join);
-        }
-    }
-
-    /// Reads the room's seq, epoch and the user's marker for a join.
-    fn request_state(&mut self, port: &mut ChatPort, room_name: RoomName, join: JoinRequest) {
-        let Some(c) = &self.cluster else {
-            return;
-        };
-        let user = join.user.clone();
-        let room_key = room_name.clone();
-        let cb = c.reply(port, move |result| BrokerDone::State {
-            room: room_key,
-            join,
-            result,
-        });
-        c.broker.state(&room_name, &user, cb);
-    }
-
-    fn state_read(
-        &mut self,
-        port: &mut ChatPort,
-        room_name: RoomName,
-        join: JoinRequest,
-        result: Result<RoomState, BrokerError>,
-    ) {
-        let Some(home) = self.homes.get_mut(&room_name) else {
-            return;
-        };
-        if !home.waiting.contains_key(&join.conn) {
-            self.evict_if_unused(&room_name);
-            return; // left meanwhile
-        }
-        home.waiting.remove(&join.conn);
-        let st = match result {
-            Ok(st) => st,
-            Err(e) => {
-                tracing::warn!("room state read failed: {e}");
-                let msg = MemberMsg::JoinDone {
-                    room: room_name.clone(),
-                    conn: join.conn,
-                    frames: vec![frames::error(&join.id, &unavailable())],
-                    last_seq: 0,
-                    accepted: false,
-                    more: false,
-                };
-                self.router.to_conn_shard(port, join.conn, msg);
-                self.evict_if_unused(&room_name);
-                return;
-            }
-        };
-        home.epoch = st.epoch.as_str().into();
-        home.read.insert(join.user.clone(), st.read);
-        let join = JoinRequest {
-            cluster_members: Some(st.members),
-            ..join
-        };
-        let mut step = None;
-        if home.dm.is_some() {
-            home.committed = home.committed.max(st.seq);
-        } else if home.cluster.tracker.is_none() {
-            let mut t = GapTracker::new(st.seq);
-            home.committed = st.seq;
-            let mut s = Step::default();
-            for (seq, json) in std::mem::take(&mut home.cluster.early) {
-                let more = t.offer(seq, json);
-                s.deliver.extend(more.deliver);
-                s.read_after = s.read_after.or(more.read_after);
-            }
-            // Frames published between the state read and the subscription
-            // going live: read them from the stream.
-            if s.read_after.is_none() {
-                s.read_after = t.catch_up();
-            }
-            home.cluster.tracker = Some(t);
-            step = Some(s);
-        }
-        if let Some(s) = step {
-            self.apply_step(port, &room_name, s);
-        }
-        self.home_join(port, room_name, join);
-    }
-
     // -- room home: the room's channel
 
     fn on_channel_frame(&mut self, port: &mut ChatPort, f: ChannelFrame) {
@@ -492,6 +353,10 @@ impl ChatApp {
         }
         if let Some(after) = step.read_after {
             self.gap_read(port, room_name, after);
+        }
+        let awaiting = self.homes.get(room_name);
+        if awaiting.is_some_and(|h| !h.cluster.awaiting.is_empty()) {
+            self.release_awaiting(port, room_name, false);
         }
     }
 
@@ -611,6 +476,19 @@ impl ChatApp {
                     c.broker.unsubscribe_room(room);
                 }
             }
+        }
+        // Joins not yet answered get `unavailable` (their connections may
+        // live on other shards and were not closed): the clients retry.
+        let mut pending = Vec::new();
+        for (room, home) in &mut self.homes {
+            let c = &mut home.cluster;
+            let awaiting = std::mem::take(&mut c.awaiting).into_iter().map(|(_, j)| j);
+            for join in std::mem::take(&mut c.deferred).into_iter().chain(awaiting) {
+                pending.push((room.clone(), join));
+            }
+        }
+        for (room, join) in pending {
+            self.refuse_join(port, &room, &join);
         }
         self.homes.clear();
     }
