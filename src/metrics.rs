@@ -110,6 +110,7 @@ pub struct ShardMetrics {
     pub accept_errors: AtomicU64,
     pub errors_sent: AtomicU64,
     pub bus_batches_out: AtomicU64,
+    pub frames_compressed: AtomicU64,
     disconnects: [AtomicU64; 15],
     /// Cumulative bucket counts (Prometheus `le` semantics), then +Inf.
     latency_buckets: [AtomicU64; 17],
@@ -215,6 +216,10 @@ const HELP: &[(&str, &str)] = &[
         "Batches of messages sent to other shards over the bus, per shard.",
     ),
     (
+        "corechat_frames_compressed_total",
+        "Server frames compressed (permessage-deflate): once per room message, shared by its members.",
+    ),
+    (
         "corechat_disconnects_total",
         "Connections ended, by shard and reason.",
     ),
@@ -245,7 +250,7 @@ fn header(out: &mut String, name: &str, kind: &str) {
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64)]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     type Getter = fn(&ShardMetrics) -> &AtomicU64;
-    let counters: [(&str, &str, Getter); 15] = [
+    let counters: [(&str, &str, Getter); 16] = [
         ("corechat_connections_open", "gauge", |m| {
             &m.connections_open
         }),
@@ -276,6 +281,9 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64
         ("corechat_errors_sent_total", "counter", |m| &m.errors_sent),
         ("corechat_bus_batches_out_total", "counter", |m| {
             &m.bus_batches_out
+        }),
+        ("corechat_frames_compressed_total", "counter", |m| {
+            &m.frames_compressed
         }),
     ];
     for (name, kind, get) in counters {
