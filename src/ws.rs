@@ -73,19 +73,17 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 }
 
 /// A complete frame compressed with permessage-deflate (RSV1 set), as one
-/// message without context takeover; `None` when compression does not make
-/// it smaller (the plain frame is then sent).
-pub fn compressed_frame(deflater: &mut Deflater, opcode: OpCode, payload: &[u8]) -> Option<Bytes> {
+/// message without context takeover. Sent even in the rare case it is a
+/// few bytes larger than the plain one: `--compression-min-bytes` keeps
+/// short frames (where that happens) plain.
+pub fn compressed_frame(deflater: &mut Deflater, opcode: OpCode, payload: &[u8]) -> Bytes {
     let mut buf = Vec::with_capacity(MAX_SERVER_HEADER + payload.len() / 2 + 64);
     buf.resize(MAX_SERVER_HEADER, 0);
     deflater.compress(payload, &mut buf, true);
     let len = buf.len() - MAX_SERVER_HEADER;
-    if len >= payload.len() {
-        return None;
-    }
     let start = MAX_SERVER_HEADER - header_len(len);
     wire::write_header_ext(&mut buf[start..], true, true, opcode, len, None);
-    Some(Bytes::from(buf).slice(start..))
+    Bytes::from(buf).slice(start..)
 }
 
 /// A server frame queued to many connections (a room message), with its
@@ -100,8 +98,7 @@ struct SharedInner {
     opcode: OpCode,
     /// Where the payload starts in `plain`.
     payload_start: usize,
-    /// `Some(None)`: compression was tried and did not pay.
-    compressed: OnceLock<Option<Bytes>>,
+    compressed: OnceLock<Bytes>,
 }
 
 impl SharedFrame {
@@ -130,8 +127,8 @@ impl SharedFrame {
     }
 
     /// The compressed frame for a connection that negotiated compression:
-    /// `None` for a payload under `min_bytes` or one compression does not
-    /// shrink. `on_compress` runs only for the one compression made.
+    /// `None` for a payload under `min_bytes` (or empty). `on_compress` runs
+    /// only for the one compression made.
     pub fn compressed(
         &self,
         min_bytes: usize,
@@ -148,7 +145,7 @@ impl SharedFrame {
                 on_compress();
                 compressed_frame(deflater, opcode, payload)
             })
-            .as_ref()
+            .into() // Some(            .into()Bytes)
     }
 }
 
@@ -156,7 +153,7 @@ impl std::fmt::Debug for SharedFrame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedFrame")
             .field("len", &self.0.plain.len())
-            .field("compressed", &self.0.compressed.get().map(|c| c.as_ref().map(Bytes::len)))
+            .field("compressed", &self.0.compressed.get().map(Bytes::len))
             .finish()
     }
 }

@@ -149,6 +149,6 @@ impl SharedFrame {
         if payload.is_empty() || payload.len() < min_bytes || opcode.is_control() {
             return None;
         }
-        ws::compressed_frame(deflater, opcode, payload)
+        Some(ws::compressed_frame(deflater, opcode, payload))
     }
 }
