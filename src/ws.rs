@@ -234,8 +234,14 @@ mod tests {
         let shared = SharedFrame::new(frame(OpCode::Text, json.as_bytes()));
         let mut deflater = Deflater::new(15);
         let mut made = 0;
-        let first = shared.compressed(256, &mut deflater, || made += 1).cloned().unwrap();
-        let again = shared.compressed(256, &mut deflater, || made += 1).cloned().unwrap();
+        let first = shared
+            .compressed(256, &mut deflater, || made += 1)
+            .cloned()
+            .unwrap();
+        let again = shared
+            .compressed(256, &mut deflater, || made += 1)
+            .cloned()
+            .unwrap();
         assert_eq!(made, 1);
         assert_eq!(first.as_ptr(), again.as_ptr(), "the same buffer is shared");
         let Ok(Parse::Frame(h)) = wire::parse_header_ext(&first, 1 << 20, wire::Role::Server, true)

@@ -231,7 +231,8 @@ fn deflate_and_plain_members_share_one_compression_per_message() {
     }
     let made = srv.metric("corechat_frames_compressed_total", None) - before;
     assert_eq!(
-        made, N as f64,
+        made,
+        N as f64,
         "one compression per room message, for {} compressing members on 2 shards",
         zipped.len()
     );
@@ -264,11 +265,16 @@ fn compressed_client_messages_are_inflated_with_and_without_context() {
     // RSV1 on a connection that did not negotiate: protocol error.
     let mut plain = Raw::open(&srv.addr, &token("plain"));
     let _welcome = plain.json();
-    plain.send(&compressed_client_frame(&mut Deflater::new(15), b"{}", true));
+    plain.send(&compressed_client_frame(
+        &mut Deflater::new(15),
+        b"{}",
+        true,
+    ));
     assert_eq!(plain.close_code(), Some(1002));
     // A compressed payload that is not DEFLATE: 1007.
     let (mut bad, _) = Deflating::open(&srv, "bad", Some("permessage-deflate"));
-    bad.raw.send(&raw_compressed_frame(&[0xff, 0xff, 0xff, 0xff], true));
+    bad.raw
+        .send(&raw_compressed_frame(&[0xff, 0xff, 0xff, 0xff], true));
     assert_eq!(bad.close_code(), Some(1007));
 }
 

@@ -22,8 +22,12 @@ fn data_opcode() -> impl Strategy<Value = OpCode> {
 fn message() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..2000),
-        (prop::collection::vec(any::<u8>(), 1..16), 0usize..5000)
-            .prop_map(|(unit, n)| unit.iter().cycle().take(n).copied().collect()),
+        (prop::collection::vec(any::<u8>(), 1..16), 0usize..5000).prop_map(|(unit, n)| unit
+            .iter()
+            .cycle()
+            .take(n)
+            .copied()
+            .collect()),
     ]
 }
 

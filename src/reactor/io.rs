@@ -2,8 +2,8 @@
 //! WebSocket frames) and writing queued frames with `writev`.
 
 use super::conn::Phase;
-use super::deflate;
 use super::core::{Core, CLOSE_GRACE_MS, HELD_INPUT_MAX};
+use super::deflate;
 use super::Shard;
 use crate::app::{App, Port};
 use crate::http::{self, Request, Response};
