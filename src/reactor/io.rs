@@ -377,9 +377,7 @@ impl<A: App> Shard<A> {
                 return Step::Stop;
             }
             OpCode::Continuation => self.continue_message(key, header.fin, payload, closing),
-            OpCode::Text | OpCode::Binary => {
-                self.start_message(key, header.opcode, header, payload, closing)
-            }
+            OpCode::Text | OpCode::Binary => self.start_message(key, header, payload, closing),
         };
         match delivered {
             Ok(()) => Step::Consumed(total),
@@ -395,11 +393,11 @@ impl<A: App> Shard<A> {
     fn start_message(
         &mut self,
         key: usize,
-        opcode: OpCode,
         header: ws::FrameHeader,
         payload: &[u8],
         closing: bool,
     ) -> Result<(), CloseError> {
+        let opcode = header.opcode;
         let max = self.core.shared.cfg.max_frame_bytes;
         let conn = &mut self.core.conns[key];
         if conn.asm.is_some() {
