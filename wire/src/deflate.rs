@@ -189,7 +189,9 @@ mod tests {
         Inflater::new().inflate(&hello, &mut out, 5, true).unwrap();
         assert_eq!(out, b"Hello");
         // 7.2.3.4: uncompressed (stored) block.
-        let stored = [0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00];
+        let stored = [
+            0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00,
+        ];
         let mut out = Vec::new();
         Inflater::new().inflate(&stored, &mut out, 5, true).unwrap();
         assert_eq!(out, b"Hello");
@@ -232,7 +234,9 @@ mod tests {
             let mut z = Vec::new();
             Deflater::new(bits).compress(&msg, &mut z, true);
             let mut out = Vec::new();
-            Inflater::new().inflate(&z, &mut out, msg.len(), true).unwrap();
+            Inflater::new()
+                .inflate(&z, &mut out, msg.len(), true)
+                .unwrap();
             assert_eq!(out, msg);
         }
     }

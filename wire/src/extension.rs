@@ -231,15 +231,22 @@ mod tests {
         ] {
             assert_eq!(negotiate(bad), None, "{bad:?}");
         }
-        let (p, _) = negotiate("permessage-deflate; bogus, permessage-deflate; client_no_context_takeover")
-            .unwrap();
+        let (p, _) =
+            negotiate("permessage-deflate; bogus, permessage-deflate; client_no_context_takeover")
+                .unwrap();
         assert!(p.client_no_context_takeover);
     }
 
     #[test]
     fn responses_the_client_must_refuse() {
-        assert_eq!(parse_response("permessage-deflate; client_max_window_bits"), None);
-        assert_eq!(parse_response("permessage-deflate, permessage-deflate"), None);
+        assert_eq!(
+            parse_response("permessage-deflate; client_max_window_bits"),
+            None
+        );
+        assert_eq!(
+            parse_response("permessage-deflate, permessage-deflate"),
+            None
+        );
         assert_eq!(parse_response("foo"), None);
         let p = parse_response(OFFER_NO_CONTEXT).unwrap();
         assert!(p.server_no_context_takeover && p.client_no_context_takeover);
