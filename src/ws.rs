@@ -139,13 +139,10 @@ impl SharedFrame {
         if payload.is_empty() || payload.len() < min_bytes || opcode.is_control() {
             return None;
         }
-        self.0
-            .compressed
-            .get_or_init(|| {
-                on_compress();
-                compressed_frame(deflater, opcode, payload)
-            })
-            .into() // Some(            .into()Bytes)
+        Some(self.0.compressed.get_or_init(|| {
+            on_compress();
+            compressed_frame(deflater, opcode, payload)
+        }))
     }
 }
 
