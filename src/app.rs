@@ -11,7 +11,7 @@ use crate::bus::ConnRef;
 use crate::config::Config;
 use crate::http::{Request, Response};
 use crate::metrics::{DisconnectReason, ShardMetrics};
-use crate::ws::OpCode;
+use crate::ws::{OpCode, SharedFrame};
 use bytes::Bytes;
 use mio::Waker;
 use std::sync::Arc;
@@ -40,6 +40,17 @@ pub trait Port<M, S> {
     fn send_many(&mut self, keys: &[usize], frame: &Bytes) {
         for &key in keys {
             self.send(key, frame.clone());
+        }
+    }
+    /// Queues a shared frame: compressed for a connection that negotiated
+    /// permessage-deflate (made once for all of them), else plain.
+    fn send_shared(&mut self, key: usize, frame: &SharedFrame) {
+        self.send(key, frame.plain().clone());
+    }
+    /// [`Port::send_shared`] to many connections (a room's fan-out).
+    fn send_many_shared(&mut self, keys: &[usize], frame: &SharedFrame) {
+        for &key in keys {
+            self.send_shared(key, frame);
         }
     }
     /// Starts the closing handshake; `why` labels the disconnect metric.

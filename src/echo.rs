@@ -37,7 +37,8 @@ impl App for EchoApp {
     fn on_open(&mut self, _: &mut EchoPort, _: usize) {}
 
     fn on_message(&mut self, port: &mut EchoPort, key: usize, opcode: OpCode, payload: &[u8]) {
-        port.send(key, ws::frame(opcode, payload));
+        // Compressed for a client that negotiated permessage-deflate.
+        port.send_shared(key, &ws::SharedFrame::new(ws::frame(opcode, payload)));
     }
 
     fn on_bus(&mut self, _: &mut EchoPort, msg: NoMsg) {

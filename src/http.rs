@@ -22,6 +22,8 @@ pub struct Request {
     pub ws_key: Option<String>,
     pub ws_version: Option<String>,
     pub origin: Option<String>,
+    /// `Sec-WebSocket-Extensions`, several headers joined with `, `.
+    pub ws_extensions: Option<String>,
     pub authorization: Option<String>,
     pub keep_alive: bool,
     pub if_none_match: Option<String>,
@@ -152,6 +154,15 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> 
             out.ws_version = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("origin") {
             out.origin = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            // Repeated headers are one comma-separated list (RFC 6455 9.1).
+            match &mut out.ws_extensions {
+                Some(list) => {
+                    list.push_str(", ");
+                    list.push_str(value);
+                }
+                None => out.ws_extensions = Some(value.to_string()),
+            }
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("if-none-match") {
@@ -322,8 +333,16 @@ impl Response {
 
 /// The 101 response that completes a WebSocket upgrade.
 pub fn switching_protocols(accept: &str) -> Bytes {
+    switching_protocols_with(accept, None)
+}
+
+/// The 101 response, with the negotiated `Sec-WebSocket-Extensions` if any.
+pub fn switching_protocols_with(accept: &str, extensions: Option<&str>) -> Bytes {
+    let ext = extensions
+        .map(|e| format!("sec-websocket-extensions: {e}\r\n"))
+        .unwrap_or_default();
     Bytes::from(format!(
-        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n{ext}\r\n"
     ))
 }
 

@@ -111,6 +111,7 @@ pub struct ShardMetrics {
     pub errors_sent: AtomicU64,
     pub bus_batches_out: AtomicU64,
     pub broker_gap_frames: AtomicU64,
+    pub frames_compressed: AtomicU64,
     disconnects: [AtomicU64; 15],
     /// Cumulative bucket counts (Prometheus `le` semantics), then +Inf.
     latency_buckets: [AtomicU64; 17],
@@ -220,6 +221,10 @@ const HELP: &[(&str, &str)] = &[
         "Batches of messages sent to other shards over the bus, per shard.",
     ),
     (
+        "corechat_frames_compressed_total",
+        "Server frames compressed (permessage-deflate): once per room message, shared by its members.",
+    ),
+    (
         "corechat_disconnects_total",
         "Connections ended, by shard and reason.",
     ),
@@ -250,7 +255,7 @@ fn header(out: &mut String, name: &str, kind: &str) {
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64)]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     type Getter = fn(&ShardMetrics) -> &AtomicU64;
-    let counters: [(&str, &str, Getter); 16] = [
+    let counters: [(&str, &str, Getter); 17] = [
         ("corechat_connections_open", "gauge", |m| {
             &m.connections_open
         }),
@@ -284,6 +289,9 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64
         ("corechat_errors_sent_total", "counter", |m| &m.errors_sent),
         ("corechat_bus_batches_out_total", "counter", |m| {
             &m.bus_batches_out
+        }),
+        ("corechat_frames_compressed_total", "counter", |m| {
+            &m.frames_compressed
         }),
     ];
     for (name, kind, get) in counters {
@@ -442,12 +450,13 @@ mod tests {
             ("corechat_accept_errors_total", "counter"),
             ("corechat_errors_sent_total", "counter"),
             ("corechat_bus_batches_out_total", "counter"),
+            ("corechat_frames_compressed_total", "counter"),
             ("corechat_disconnects_total", "counter"),
             ("corechat_fanout_latency_seconds", "histogram"),
             ("corechat_open_fds", "gauge"),
         ] {
             assert!(types.contains(&(name, kind)), "{name} {kind} missing");
         }
-        assert_eq!(types.len(), 19);
+        assert_eq!(types.len(), 20);
     }
 }

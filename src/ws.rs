@@ -5,11 +5,23 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use corechat_wire as wire;
+use std::sync::{Arc, OnceLock};
+use wire::deflate::Deflater;
 
 pub use wire::{
     apply_mask, check_close_payload, close_code, parse_client_frame, Assembled, Assembler,
     CloseError, FrameHeader, OpCode, Parse,
 };
+
+/// Parses one client frame, with RSV1 allowed when the connection
+/// negotiated permessage-deflate.
+pub fn parse_client_frame_ext(
+    buf: &mut [u8],
+    max_payload: usize,
+    rsv1_allowed: bool,
+) -> Result<Parse, CloseError> {
+    wire::parse_frame_ext(buf, max_payload, wire::Role::Client, rsv1_allowed)
+}
 
 /// Largest server (unmasked) frame header.
 const MAX_SERVER_HEADER: usize = wire::header_len(usize::MAX, false);
@@ -58,6 +70,89 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut out = Vec::with_capacity(wire::MAX_HEADER_LEN + 125);
     wire::encode_close(&mut out, code, reason, None);
     Bytes::from(out)
+}
+
+/// A complete frame compressed with permessage-deflate (RSV1 set), as one
+/// message without context takeover. Sent even in the rare case it is a
+/// few bytes larger than the plain one: `--compression-min-bytes` keeps
+/// short frames (where that happens) plain.
+pub fn compressed_frame(deflater: &mut Deflater, opcode: OpCode, payload: &[u8]) -> Bytes {
+    let mut buf = Vec::with_capacity(MAX_SERVER_HEADER + payload.len() / 2 + 64);
+    buf.resize(MAX_SERVER_HEADER, 0);
+    deflater.compress(payload, &mut buf, true);
+    let len = buf.len() - MAX_SERVER_HEADER;
+    let start = MAX_SERVER_HEADER - header_len(len);
+    wire::write_header_ext(&mut buf[start..], true, true, opcode, len, None);
+    Bytes::from(buf).slice(start..)
+}
+
+/// A server frame queued to many connections (a room message), with its
+/// compressed twin for those that negotiated permessage-deflate. The twin is
+/// made at most once, by the first shard that has such a recipient, and
+/// then shared like the plain frame: compress once, send to many.
+#[derive(Clone)]
+pub struct SharedFrame(Arc<SharedInner>);
+
+struct SharedInner {
+    plain: Bytes,
+    opcode: OpCode,
+    /// Where the payload starts in `plain`.
+    payload_start: usize,
+    compressed: OnceLock<Bytes>,
+}
+
+impl SharedFrame {
+    /// Wraps an encoded, unfragmented server frame.
+    pub fn new(plain: Bytes) -> SharedFrame {
+        let (opcode, payload_start) = match wire::parse_server_frame(&plain, usize::MAX) {
+            Ok(Parse::Frame(h)) => (h.opcode, h.payload_start),
+            // Not a frame we made: never compressed (payload_start = len).
+            _ => (OpCode::Binary, plain.len()),
+        };
+        SharedFrame(Arc::new(SharedInner {
+            plain,
+            opcode,
+            payload_start,
+            compressed: OnceLock::new(),
+        }))
+    }
+
+    pub fn plain(&self) -> &Bytes {
+        &self.0.plain
+    }
+
+    /// The opcode and payload of the plain frame.
+    pub fn parts(&self) -> (OpCode, &[u8]) {
+        (self.0.opcode, &self.0.plain[self.0.payload_start..])
+    }
+
+    /// The compressed frame for a connection that negotiated compression:
+    /// `None` for a payload under `min_bytes` (or empty). `on_compress` runs
+    /// only for the one compression made.
+    pub fn compressed(
+        &self,
+        min_bytes: usize,
+        deflater: &mut Deflater,
+        on_compress: impl FnOnce(),
+    ) -> Option<&Bytes> {
+        let (opcode, payload) = self.parts();
+        if payload.is_empty() || payload.len() < min_bytes || opcode.is_control() {
+            return None;
+        }
+        Some(self.0.compressed.get_or_init(|| {
+            on_compress();
+            compressed_frame(deflater, opcode, payload)
+        }))
+    }
+}
+
+impl std::fmt::Debug for SharedFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedFrame")
+            .field("len", &self.0.plain.len())
+            .field("compressed", &self.0.compressed.get().map(Bytes::len))
+            .finish()
+    }
 }
 
 /// Encodes a masked client frame (tests).
@@ -128,6 +223,38 @@ mod tests {
             panic!("frame")
         };
         assert_eq!(&raw[h.payload_start..h.total_len()], b"hello");
+    }
+
+    #[test]
+    fn shared_frame_compresses_once_and_inflates_back() {
+        let json = format!("{{\"type\":\"message\",\"body\":\"{}\"}}", "ab".repeat(300));
+        let shared = SharedFrame::new(frame(OpCode::Text, json.as_bytes()));
+        let mut deflater = Deflater::new(15);
+        let mut made = 0;
+        let first = shared
+            .compressed(256, &mut deflater, || made += 1)
+            .cloned()
+            .unwrap();
+        let again = shared
+            .compressed(256, &mut deflater, || made += 1)
+            .cloned()
+            .unwrap();
+        assert_eq!(made, 1);
+        assert_eq!(first.as_ptr(), again.as_ptr(), "the same buffer is shared");
+        let Ok(Parse::Frame(h)) = wire::parse_header_ext(&first, 1 << 20, wire::Role::Server, true)
+        else {
+            panic!("frame")
+        };
+        assert!(h.rsv1 && h.fin && h.opcode == OpCode::Text);
+        let mut out = Vec::new();
+        wire::deflate::Inflater::new()
+            .inflate(h.payload(&first), &mut out, 1 << 20, true)
+            .unwrap();
+        assert_eq!(out, json.as_bytes());
+        // Short frames stay plain and are never compressed.
+        let short = SharedFrame::new(frame(OpCode::Text, b"{}"));
+        assert!(short.compressed(256, &mut deflater, || made += 1).is_none());
+        assert_eq!(made, 1);
     }
 
     #[test]

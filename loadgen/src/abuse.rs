@@ -205,7 +205,9 @@ impl Client {
             match ws::parse_upgrade_response(&buf) {
                 ws::Upgrade::Incomplete => continue,
                 ws::Upgrade::Error(e) => anyhow::bail!("{e}"),
-                ws::Upgrade::Done { status, header_len } => {
+                ws::Upgrade::Done {
+                    status, header_len, ..
+                } => {
                     anyhow::ensure!(status == 101, "http {status}");
                     buf.drain(..header_len);
                     break;

@@ -160,6 +160,10 @@ pub struct Common {
     /// Do not pin worker threads to cores
     #[arg(long)]
     pub no_pin: bool,
+    /// Offer permessage-deflate (no context takeover either way) and inflate compressed
+    /// server frames; the client's own frames stay plain
+    #[arg(long)]
+    pub deflate: bool,
     /// No progress bars
     #[arg(long)]
     pub no_progress: bool,

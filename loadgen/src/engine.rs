@@ -17,6 +17,7 @@ use crate::stats::{new_hist, record_ns, Hist};
 use crate::sys::{mono_ns, thread_cpu_ns, unix_ms};
 use crate::ws::{self, OpCode, Parse, Upgrade};
 use base64::Engine as _;
+use corechat_wire::deflate::Inflater;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use std::borrow::Cow;
@@ -34,6 +35,9 @@ pub const PHASE_STOP: u8 = 2;
 
 /// Measurement windows are numbered 1..MAX_WINDOWS; 0 means "not measured" (warm-up).
 pub const MAX_WINDOWS: usize = 64;
+
+/// Largest message a compressed server frame may expand to.
+const MAX_INFLATED: usize = 16 << 20;
 
 /// Publishing falls behind by more than this many messages: skip them instead of bursting.
 const MAX_BACKLOG: u64 = 10_000;
@@ -83,6 +87,8 @@ pub struct Config {
     pub ws_ping: bool,
     /// Acks: publishes in flight per connection.
     pub window: usize,
+    /// Offer permessage-deflate and inflate compressed server frames.
+    pub deflate: bool,
 }
 
 impl Config {
@@ -306,8 +312,11 @@ struct Conn {
     pending: Vec<u8>,
     /// Bytes not yet accepted by the socket.
     out: Vec<u8>,
-    /// Reassembly of a fragmented message.
+    /// Reassembly of a fragmented message (and whether it is compressed).
     frag: Option<Vec<u8>>,
+    frag_compressed: bool,
+    /// The server accepted permessage-deflate.
+    deflate: bool,
     /// Acks: publishes awaiting their ack (id, send time ns, window), oldest first.
     inflight: VecDeque<(u64, u64, u32)>,
 }
@@ -326,6 +335,10 @@ pub struct Worker {
     rbuf: Vec<u8>,
     pbuf: Vec<u8>,
     fbuf: Vec<u8>,
+    /// Decoder of compressed server frames (no context takeover: reset per message) and
+    /// the message it expands.
+    inflater: Inflater,
+    zbuf: Vec<u8>,
     rng: u64,
     now: u64,
     iat: u64,
@@ -436,6 +449,8 @@ impl Worker {
                     pending: Vec::new(),
                     out: Vec::new(),
                     frag: None,
+                    frag_compressed: false,
+                    deflate: false,
                     inflight: VecDeque::new(),
                 }
             })
@@ -450,6 +465,8 @@ impl Worker {
             rbuf: vec![0; cfg.read_buf.max(4096)],
             pbuf: Vec::with_capacity(1024),
             fbuf: Vec::with_capacity(1024),
+            inflater: Inflater::new(),
+            zbuf: Vec::new(),
             rng: mono_ns() ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             now: mono_ns(),
             iat: unix_ms() / 1000,
@@ -817,7 +834,8 @@ impl Worker {
         let key = base64::engine::general_purpose::STANDARD.encode(key);
         let mut req = std::mem::take(&mut self.fbuf);
         req.clear();
-        ws::upgrade_request(&mut req, &path, &self.cfg.host, &key);
+        let offer = self.cfg.deflate.then_some(ws::DEFLATE_OFFER);
+        ws::upgrade_request_with(&mut req, &path, &self.cfg.host, &key, offer);
         self.write_out(slot, &req);
         self.fbuf = req;
         true
@@ -1013,12 +1031,17 @@ impl Worker {
             match ws::parse_upgrade_response(data) {
                 Upgrade::Incomplete => return Ok(0),
                 Upgrade::Error(e) => return Err(e.into()),
-                Upgrade::Done { status, header_len } => {
+                Upgrade::Done {
+                    status,
+                    header_len,
+                    deflate,
+                } => {
                     if status != 101 {
                         return Err(format!("http {status}").into());
                     }
                     pos = header_len;
                     let c = &mut self.conns[slot];
+                    c.deflate = deflate && self.cfg.deflate;
                     c.t_up = mono_ns();
                     match self.cfg.target.first_stage() {
                         Stage::Welcome => c.st = St::Welcome,
@@ -1029,7 +1052,8 @@ impl Worker {
             }
         }
         while pos < data.len() {
-            let f = match ws::parse_server_frame(&data[pos..], ws::MAX_SERVER_FRAME) {
+            let rsv1_ok = self.conns[slot].deflate;
+            let f = match ws::parse_server_frame_ext(&data[pos..], ws::MAX_SERVER_FRAME, rsv1_ok) {
                 Ok(Parse::Frame(f)) => f,
                 Ok(Parse::Incomplete { .. }) => break,
                 Err(e) => return Err(format!("protocol: {}", e.reason).into()),
@@ -1037,22 +1061,26 @@ impl Worker {
             let payload = f.payload(&data[pos..]);
             pos += f.total_len();
             match f.opcode {
+                OpCode::Text if f.fin && f.rsv1 => self.on_compressed_text(slot, payload)?,
                 OpCode::Text if f.fin => self.on_text(slot, payload),
                 OpCode::Binary if f.fin => self.fin.other_frames += 1,
                 OpCode::Text | OpCode::Binary => {
                     let mut v = Vec::with_capacity(payload.len() * 2);
                     v.extend_from_slice(payload);
                     self.conns[slot].frag = Some(v);
+                    self.conns[slot].frag_compressed = f.rsv1;
                 }
                 OpCode::Continuation => {
                     let Some(mut v) = self.conns[slot].frag.take() else {
                         return Err("protocol: continuation without start".into());
                     };
                     v.extend_from_slice(payload);
-                    if f.fin {
-                        self.on_text(slot, &v);
-                    } else {
+                    if !f.fin {
                         self.conns[slot].frag = Some(v);
+                    } else if self.conns[slot].frag_compressed {
+                        self.on_compressed_text(slot, &v)?;
+                    } else {
+                        self.on_text(slot, &v);
                     }
                 }
                 OpCode::Ping => self.send_frame(slot, OpCode::Pong, payload),
@@ -1084,6 +1112,19 @@ impl Worker {
             }
         }
         Ok(pos)
+    }
+
+    /// A compressed text message: inflated (the server resets its context per message), then
+    /// handled as any other.
+    fn on_compressed_text(&mut self, slot: usize, compressed: &[u8]) -> Result<(), Reason> {
+        let mut out = std::mem::take(&mut self.zbuf);
+        out.clear();
+        self.inflater
+            .inflate(compressed, &mut out, MAX_INFLATED, true)
+            .map_err(|e| format!("protocol: inflate {e:?}"))?;
+        self.on_text(slot, &out);
+        self.zbuf = out;
+        Ok(())
     }
 
     fn send_join(&mut self, slot: usize) {

@@ -6,16 +6,45 @@ pub use corechat_wire::{
     close_code, encode_frame, parse_client_frame, parse_server_frame, OpCode, Parse,
 };
 
+/// The permessage-deflate offer of `--deflate`: neither end keeps a context, so a
+/// connection holds no window between messages.
+pub const DEFLATE_OFFER: &str = corechat_wire::extension::OFFER_NO_CONTEXT;
+
+/// Parses one server frame, with RSV1 (a compressed message) allowed when the connection
+/// negotiated permessage-deflate.
+pub fn parse_server_frame_ext(
+    buf: &[u8],
+    max_payload: usize,
+    rsv1_allowed: bool,
+) -> Result<Parse, corechat_wire::CloseError> {
+    corechat_wire::parse_header_ext(buf, max_payload, corechat_wire::Role::Server, rsv1_allowed)
+}
+
 /// Largest server frame the client accepts.
 pub const MAX_SERVER_FRAME: usize = 1 << 40;
 
 /// Build the HTTP/1.1 upgrade request.
 pub fn upgrade_request(out: &mut Vec<u8>, path_and_query: &str, host: &str, key_b64: &str) {
+    upgrade_request_with(out, path_and_query, host, key_b64, None)
+}
+
+/// Build the HTTP/1.1 upgrade request, with a `Sec-WebSocket-Extensions` offer if given.
+pub fn upgrade_request_with(
+    out: &mut Vec<u8>,
+    path_and_query: &str,
+    host: &str,
+    key_b64: &str,
+    extensions: Option<&str>,
+) {
     use std::io::Write;
     let _ = write!(
         out,
-        "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key_b64}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: corechat-loadgen\r\n\r\n"
+        "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key_b64}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: corechat-loadgen\r\n"
     );
+    if let Some(e) = extensions {
+        let _ = write!(out, "Sec-WebSocket-Extensions: {e}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Result of looking for the end of the HTTP upgrade response.
@@ -23,10 +52,12 @@ pub fn upgrade_request(out: &mut Vec<u8>, path_and_query: &str, host: &str, key_
 pub enum Upgrade {
     /// Need more bytes.
     Incomplete,
-    /// Headers complete: HTTP status and the header length (bytes after it are WebSocket frames).
+    /// Headers complete: HTTP status and the header length (bytes after it are WebSocket
+    /// frames); `deflate`: the server accepted permessage-deflate.
     Done {
         status: u16,
         header_len: usize,
+        deflate: bool,
     },
     Error(&'static str),
 }
@@ -49,9 +80,22 @@ pub fn parse_upgrade_response(buf: &[u8]) -> Upgrade {
         return Upgrade::Error("bad HTTP status");
     }
     let status = code.iter().fold(0u16, |a, &c| a * 10 + (c - b'0') as u16);
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let mut deflate = false;
+    for line in head.split("\r\n") {
+        if let Some((name, value)) = line.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("sec-websocket-extensions") {
+                if corechat_wire::extension::parse_response(value.trim()).is_none() {
+                    return Upgrade::Error("invalid sec-websocket-extensions");
+                }
+                deflate = true;
+            }
+        }
+    }
     Upgrade::Done {
         status,
         header_len: end + 4,
+        deflate,
     }
 }
 
@@ -76,12 +120,21 @@ mod tests {
         let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi";
         assert_eq!(parse_upgrade_response(&resp[..20]), Upgrade::Incomplete);
         match parse_upgrade_response(resp) {
-            Upgrade::Done { status, header_len } => {
+            Upgrade::Done {
+                status, header_len, ..
+            } => {
                 assert_eq!(status, 101);
                 assert_eq!(&resp[header_len..], b"\x81\x02hi");
             }
             other => panic!("{other:?}"),
         }
+        let zipped = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n";
+        assert!(matches!(
+            parse_upgrade_response(zipped),
+            Upgrade::Done { deflate: true, .. }
+        ));
+        let bad = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: x-foo\r\n\r\n";
+        assert!(matches!(parse_upgrade_response(bad), Upgrade::Error(_)));
         let denied = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\n{}";
         assert!(matches!(
             parse_upgrade_response(denied),

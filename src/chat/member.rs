@@ -9,7 +9,7 @@ use super::{ChatApp, ChatPort, RoomName, Seq};
 use crate::bus::ConnRef;
 use crate::http::Response;
 use crate::metrics::{self, DisconnectReason};
-use crate::ws::close_code;
+use crate::ws::{close_code, SharedFrame};
 use bytes::Bytes;
 use std::time::Instant;
 
@@ -299,7 +299,7 @@ impl ChatApp {
         &mut self,
         port: &mut ChatPort,
         room: &str,
-        frame: Bytes,
+        frame: SharedFrame,
         except_user: Option<&str>,
         received: Option<Instant>,
     ) {
@@ -308,7 +308,7 @@ impl ChatApp {
         };
         let delivered = match except_user {
             None => {
-                port.send_many(members, &frame);
+                port.send_many_shared(members, &frame);
                 members.len()
             }
             Some(except) => {
@@ -318,7 +318,7 @@ impl ChatApp {
                         .session(key)
                         .is_some_and(|s| &*s.identity.user == except);
                     if !same {
-                        port.send(key, frame.clone());
+                        port.send_shared(key, &frame);
                         n += 1;
                     }
                 }

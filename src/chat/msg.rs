@@ -6,6 +6,7 @@ use super::frames::RoomEntry;
 use super::{NameJson, RoomName, Seq, UserId};
 use crate::bus::{ConnRef, ReplyTo};
 use crate::protocol::ReqId;
+use crate::ws::SharedFrame;
 use bytes::Bytes;
 use std::time::Instant;
 
@@ -107,10 +108,11 @@ pub enum MemberMsg {
     },
     /// A page of a paced replay, answering `ReplayMore { after }`.
     ReplayPage(ReplayPage),
-    /// A frame for every local member of the room (except `except_user`).
+    /// A frame for every local member of the room (except `except_user`),
+    /// compressed at most once for those that negotiated compression.
     RoomFrame {
         room: RoomName,
-        frame: Bytes,
+        frame: SharedFrame,
         except_user: Option<UserId>,
         received: Option<Instant>,
     },

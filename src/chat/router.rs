@@ -11,6 +11,7 @@
 use super::msg::{ChatMsg, HomeMsg, MemberMsg, UserMsg};
 use super::{ChatPort, RoomName, Seq, UserId};
 use crate::bus::{home_of, ConnRef};
+use crate::ws::SharedFrame;
 use bytes::Bytes;
 use std::time::Instant;
 
@@ -21,7 +22,8 @@ pub trait Router {
     fn user_home(&self, user: &str) -> usize;
 
     /// Hands one encoded frame to every shard with local members of a room
-    /// (`shard_members[s]`: member connections on shard `s`).
+    /// (`shard_members[s]`: member connections on shard `s`). The shards
+    /// share it, and share its compressed twin, made once on first need.
     fn fan_out(
         &self,
         port: &mut ChatPort,
@@ -31,6 +33,7 @@ pub trait Router {
         except_user: Option<UserId>,
         received: Option<Instant>,
     ) {
+        let frame = SharedFrame::new(frame);
         for (shard, &n) in shard_members.iter().enumerate() {
             if n > 0 {
                 port.bus(

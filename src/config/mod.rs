@@ -254,6 +254,10 @@ options! {
         file_key("allowed_origins"), default_doc("any"), check(origins);
     /// Largest WebSocket message accepted
     max_frame_bytes: usize = 65_536, "max-frame-bytes", "BYTES", check(positive);
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it
+    compression: bool = true, "compression", "BOOL", default_doc("on");
+    /// Smallest server message sent compressed; shorter ones go plain
+    compression_min_bytes: usize = 256, "compression-min-bytes", "BYTES";
     /// Largest chat message body
     max_body_bytes: usize = 16_384, "max-body-bytes", "BYTES", check(positive);
     /// Messages per second per connection
@@ -702,6 +706,8 @@ impl EchoArgs {
             max_outbound_bytes: d
                 .max_outbound_bytes
                 .max(self.max_frame_bytes.saturating_mul(2)),
+            // Autobahn 12/13: every echoed message goes compressed.
+            compression_min_bytes: 0,
             ..d
         };
         cfg.validate()?;

@@ -1,6 +1,7 @@
 //! Per-connection state. Kept small: an idle WebSocket connection holds no
 //! read buffer, no assembly buffer and an empty (unallocated) send queue.
 
+use super::deflate::ConnDeflate;
 use crate::ws::Assembler;
 use bytes::Bytes;
 use mio::net::TcpStream;
@@ -66,6 +67,8 @@ pub struct Conn<S> {
     pub drain_notice: bool,
     /// The app's session once the WebSocket is open.
     pub session: Option<Box<S>>,
+    /// permessage-deflate, when negotiated.
+    pub deflate: Option<Box<ConnDeflate>>,
 }
 
 impl<S> Conn<S> {
@@ -94,6 +97,7 @@ impl<S> Conn<S> {
             reads_paused: false,
             drain_notice: false,
             session: None,
+            deflate: None,
         }
     }
 }

@@ -2,13 +2,14 @@
 //! connections' send queues, the clock, and the outgoing bus batches.
 
 use super::conn::{Conn, Phase};
+use super::deflate::ShardDeflate;
 use super::Shared;
 use crate::app::Port;
 use crate::bus::{ConnRef, ShardLink};
 use crate::config::Config;
 use crate::http::Response;
 use crate::metrics::{self, DisconnectReason, ShardMetrics};
-use crate::ws::{self, close_code};
+use crate::ws::{self, close_code, SharedFrame};
 use bytes::Bytes;
 use crossbeam_channel::TrySendError;
 use mio::Waker;
@@ -47,6 +48,8 @@ pub struct Core<M, S> {
     /// Rejected upgrades are logged at most once a second per shard.
     pub(super) last_refusal_log_ms: u64,
     pub(super) refusals_unlogged: u64,
+    /// permessage-deflate state shared by the shard's connections.
+    pub(super) deflate: ShardDeflate,
 }
 
 /// Shortest interval between two logged upgrade refusals on a shard.
@@ -262,6 +265,22 @@ impl<M, S> Port<M, S> for Core<M, S> {
     fn send_many(&mut self, keys: &[usize], frame: &Bytes) {
         for &key in keys {
             self.send_frame(key, frame.clone());
+        }
+    }
+
+    fn send_shared(&mut self, key: usize, frame: &SharedFrame) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let bytes = self
+            .deflate
+            .frame_for(conn.deflate.as_deref(), frame, &self.metrics);
+        self.send_frame(key, bytes);
+    }
+
+    fn send_many_shared(&mut self, keys: &[usize], frame: &SharedFrame) {
+        for &key in keys {
+            self.send_shared(key, frame);
         }
     }
 

@@ -3,6 +3,7 @@
 
 use super::conn::Phase;
 use super::core::{Core, CLOSE_GRACE_MS, HELD_INPUT_MAX};
+use super::deflate;
 use super::Shard;
 use crate::app::{App, Port};
 use crate::http::{self, Request, Response};
@@ -334,9 +335,13 @@ impl<A: App> Shard<A> {
             }
         };
         let accept = ws::accept_key(ws_key.as_bytes());
-        self.core.push_raw(key, http::switching_protocols(&accept));
+        let (deflate, extensions) =
+            deflate::negotiate(cfg.compression, req.ws_extensions.as_deref()).unzip();
+        let head = http::switching_protocols_with(&accept, extensions.as_deref());
+        self.core.push_raw(key, head);
         let now = self.core.now_ms;
         let conn = &mut self.core.conns[key];
+        conn.deflate = deflate;
         conn.phase = Phase::Ws;
         conn.last_recv_ms = now;
         conn.last_ping_ms = now;
@@ -346,7 +351,8 @@ impl<A: App> Shard<A> {
 
     fn process_frame(&mut self, key: usize, buf: &mut [u8]) -> Step {
         let max = self.core.shared.cfg.max_frame_bytes;
-        let header = match ws::parse_client_frame(buf, max) {
+        let compression = self.core.conns[key].deflate.is_some();
+        let header = match ws::parse_client_frame_ext(buf, max, compression) {
             Ok(Parse::Frame(h)) => h,
             Ok(Parse::Incomplete { .. }) => return Step::Need,
             Err(e) => {
@@ -358,75 +364,126 @@ impl<A: App> Shard<A> {
         let total = header.total_len();
         let payload = &buf[header.payload_start..total];
         let closing = self.core.conns[key].phase == Phase::Closing;
-        match header.opcode {
+        let delivered = match header.opcode {
             OpCode::Ping => {
                 if !closing {
                     self.core.send_frame(key, ws::frame(OpCode::Pong, payload));
                 }
+                Ok(())
             }
-            OpCode::Pong => {}
+            OpCode::Pong => Ok(()),
             OpCode::Close => {
                 self.on_close_frame(key, payload);
                 return Step::Stop;
             }
-            OpCode::Continuation => {
-                let conn = &mut self.core.conns[key];
-                let Some(asm) = conn.asm.as_mut() else {
-                    self.fail(
-                        key,
-                        CloseError::new(close_code::PROTOCOL, "unexpected continuation"),
-                    );
-                    return Step::Stop;
-                };
-                if let Err(e) = asm.extend(payload, max) {
-                    self.fail(key, e);
-                    return Step::Stop;
-                }
-                if header.fin {
-                    let asm = conn.asm.take().expect("checked above");
-                    match asm.finish() {
-                        Ok(Assembled::Message { opcode, payload }) => {
-                            if !closing {
-                                self.app.on_message(&mut self.core, key, opcode, payload);
-                            }
-                        }
-                        Ok(Assembled::Pending) => {}
-                        Err(e) => {
-                            self.fail(key, e);
-                            return Step::Stop;
-                        }
-                    }
-                }
-            }
-            OpCode::Text | OpCode::Binary => {
-                if self.core.conns[key].asm.is_some() {
-                    self.fail(
-                        key,
-                        CloseError::new(close_code::PROTOCOL, "expected continuation"),
-                    );
-                    return Step::Stop;
-                }
-                if !header.fin {
-                    match Assembler::start(header.opcode, payload, max) {
-                        Ok(asm) => self.core.conns[key].asm = Some(Box::new(asm)),
-                        Err(e) => {
-                            self.fail(key, e);
-                            return Step::Stop;
-                        }
-                    }
-                } else if header.opcode == OpCode::Text && std::str::from_utf8(payload).is_err() {
-                    self.fail(
-                        key,
-                        CloseError::new(close_code::INVALID_UTF8, "invalid utf-8"),
-                    );
-                    return Step::Stop;
-                } else if !closing {
-                    self.app
-                        .on_message(&mut self.core, key, header.opcode, payload);
-                }
+            OpCode::Continuation => self.continue_message(key, header.fin, payload, closing),
+            OpCode::Text | OpCode::Binary => self.start_message(key, header, payload, closing),
+        };
+        match delivered {
+            Ok(()) => Step::Consumed(total),
+            Err(e) => {
+                self.fail(key, e);
+                Step::Stop
             }
         }
-        Step::Consumed(total)
+    }
+
+    /// The first frame of a data message: delivered whole, or the start of
+    /// a fragmented one (a compressed one is assembled still compressed).
+    fn start_message(
+        &mut self,
+        key: usize,
+        header: ws::FrameHeader,
+        payload: &[u8],
+        closing: bool,
+    ) -> Result<(), CloseError> {
+        let opcode = header.opcode;
+        let max = self.core.shared.cfg.max_frame_bytes;
+        let conn = &mut self.core.conns[key];
+        if conn.asm.is_some() {
+            return Err(CloseError::new(
+                close_code::PROTOCOL,
+                "expected continuation",
+            ));
+        }
+        if !header.fin {
+            // Compressed fragments are checked for UTF-8 once inflated.
+            let as_opcode = if header.rsv1 { OpCode::Binary } else { opcode };
+            conn.asm = Some(Box::new(Assembler::start(as_opcode, payload, max)?));
+            if let (true, Some(d)) = (header.rsv1, conn.deflate.as_mut()) {
+                d.assembling = Some(opcode);
+            }
+            return Ok(());
+        }
+        if header.rsv1 {
+            return self.deliver_compressed(key, opcode, payload, closing);
+        }
+        if opcode == OpCode::Text && std::str::from_utf8(payload).is_err() {
+            return Err(CloseError::new(close_code::INVALID_UTF8, "invalid utf-8"));
+        }
+        if !closing {
+            self.app.on_message(&mut self.core, key, opcode, payload);
+        }
+        Ok(())
+    }
+
+    /// A continuation frame; the last one delivers the message.
+    fn continue_message(
+        &mut self,
+        key: usize,
+        fin: bool,
+        payload: &[u8],
+        closing: bool,
+    ) -> Result<(), CloseError> {
+        let max = self.core.shared.cfg.max_frame_bytes;
+        let conn = &mut self.core.conns[key];
+        let Some(asm) = conn.asm.as_mut() else {
+            return Err(CloseError::new(
+                close_code::PROTOCOL,
+                "unexpected continuation",
+            ));
+        };
+        asm.extend(payload, max)?;
+        if !fin {
+            return Ok(());
+        }
+        let asm = conn.asm.take().expect("checked above");
+        let compressed = conn.deflate.as_mut().and_then(|d| d.assembling.take());
+        let Assembled::Message { opcode, payload } = asm.finish()? else {
+            return Ok(());
+        };
+        match compressed {
+            Some(opcode) => self.deliver_compressed(key, opcode, payload, closing),
+            None => {
+                if !closing {
+                    self.app.on_message(&mut self.core, key, opcode, payload);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Inflates a compressed message (bounded by `--max-frame-bytes`) and
+    /// hands it to the app.
+    fn deliver_compressed(
+        &mut self,
+        key: usize,
+        opcode: OpCode,
+        compressed: &[u8],
+        closing: bool,
+    ) -> Result<(), CloseError> {
+        let max = self.core.shared.cfg.max_frame_bytes;
+        let core = &mut self.core;
+        let Some(conn) = core.conns[key].deflate.as_deref_mut() else {
+            return Err(CloseError::new(close_code::PROTOCOL, "reserved bits set"));
+        };
+        core.deflate.inflate(conn, opcode, compressed, max)?;
+        if !closing {
+            let message = std::mem::take(&mut self.core.deflate.out);
+            self.app.on_message(&mut self.core, key, opcode, &message);
+            self.core.deflate.out = message;
+        }
+        Ok(())
     }
 
     fn on_close_frame(&mut self, key: usize, payload: &[u8]) {

@@ -15,6 +15,7 @@
 
 mod conn;
 mod core;
+mod deflate;
 mod io;
 
 use self::conn::{Conn, Phase};
@@ -111,6 +112,7 @@ impl<A: App> Shard<A> {
                 drained: Vec::new(),
                 last_refusal_log_ms: 0,
                 refusals_unlogged: 0,
+                deflate: deflate::ShardDeflate::new(cfg.compression_min_bytes),
             },
             app,
             poll,

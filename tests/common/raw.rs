@@ -19,10 +19,16 @@ pub struct Raw {
 
 impl Raw {
     pub fn open(addr: &str, token: &str) -> Raw {
+        Raw::open_with(addr, token, "").0
+    }
+
+    /// Opens with extra request header lines (each ending in `\r\n`);
+    /// returns the 101 response head too.
+    pub fn open_with(addr: &str, token: &str, extra_headers: &str) -> (Raw, String) {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let req = format!(
-            "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
         );
         s.write_all(req.as_bytes()).unwrap();
         let mut raw = Raw { s, buf: Vec::new() };
@@ -33,7 +39,7 @@ impl Raw {
             text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
             "accept key: {text}"
         );
-        raw
+        (raw, text)
     }
 
     pub fn read_until(&mut self, pat: &[u8]) -> Vec<u8> {

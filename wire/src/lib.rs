@@ -13,11 +13,17 @@
 //! This crate is the one copy of the framing rules: opcodes, close codes,
 //! header parsing for either sender (client frames must be masked, server
 //! frames must not be), header and frame encoding, masking, close-payload
-//! validation and fragment reassembly. It has no dependencies and no unsafe
-//! code; `Bytes`-returning encoders live in the server's `ws` module on top of
-//! [`write_header`].
+//! validation and fragment reassembly. The framing has no dependencies and
+//! no unsafe code; `Bytes`-returning encoders live in the server's `ws`
+//! module on top of [`write_header`]. permessage-deflate (RFC 7692) is here
+//! too: its negotiation in [`extension`], its payload codec in `deflate`
+//! (feature `deflate`, flate2), and RSV1 in [`parse_header_ext`].
 
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "deflate")]
+pub mod deflate;
+pub mod extension;
 
 use std::fmt;
 
@@ -132,6 +138,9 @@ impl Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     pub fin: bool,
+    /// RSV1: the message is compressed (permessage-deflate, RFC 7692). Only
+    /// ever set by [`parse_header_ext`] with `rsv1_allowed`.
+    pub rsv1: bool,
     pub opcode: OpCode,
     /// Offset of the payload inside the buffer.
     pub payload_start: usize,
@@ -168,16 +177,37 @@ pub enum Parse {
 /// `max_payload` bounds a single frame ([`Assembler`] bounds a message).
 #[inline]
 pub fn parse_header(buf: &[u8], max_payload: usize, sender: Role) -> Result<Parse, CloseError> {
+    parse_header_ext(buf, max_payload, sender, false)
+}
+
+/// [`parse_header`] on a connection that may have negotiated
+/// permessage-deflate: with `rsv1_allowed`, RSV1 is accepted on the first
+/// frame of a data message (reported in [`FrameHeader::rsv1`]); it is still
+/// a protocol error on control and continuation frames (RFC 7692 6.1).
+#[inline]
+pub fn parse_header_ext(
+    buf: &[u8],
+    max_payload: usize,
+    sender: Role,
+    rsv1_allowed: bool,
+) -> Result<Parse, CloseError> {
     if buf.len() < 2 {
         return Ok(Parse::Incomplete { needed: 0 });
     }
     let b0 = buf[0];
     let b1 = buf[1];
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !rsv1_allowed) {
         return Err(CloseError::new(close_code::PROTOCOL, "reserved bits set"));
     }
     let opcode = OpCode::from_u8(b0 & 0x0f)
         .ok_or(CloseError::new(close_code::PROTOCOL, "reserved opcode"))?;
+    if rsv1 && (opcode.is_control() || opcode == OpCode::Continuation) {
+        return Err(CloseError::new(
+            close_code::PROTOCOL,
+            "compressed control or continuation frame",
+        ));
+    }
     let fin = b0 & 0x80 != 0;
     let masked = b1 & 0x80 != 0;
     if masked != sender.masks() {
@@ -234,6 +264,7 @@ pub fn parse_header(buf: &[u8], max_payload: usize, sender: Role) -> Result<Pars
     }
     Ok(Parse::Frame(FrameHeader {
         fin,
+        rsv1,
         opcode,
         payload_start: pos,
         payload_len,
@@ -244,7 +275,18 @@ pub fn parse_header(buf: &[u8], max_payload: usize, sender: Role) -> Result<Pars
 /// [`parse_header`], and unmasks a masked payload in place.
 #[inline]
 pub fn parse_frame(buf: &mut [u8], max_payload: usize, sender: Role) -> Result<Parse, CloseError> {
-    let parsed = parse_header(buf, max_payload, sender)?;
+    parse_frame_ext(buf, max_payload, sender, false)
+}
+
+/// [`parse_frame`] with RSV1 allowed as by [`parse_header_ext`].
+#[inline]
+pub fn parse_frame_ext(
+    buf: &mut [u8],
+    max_payload: usize,
+    sender: Role,
+    rsv1_allowed: bool,
+) -> Result<Parse, CloseError> {
+    let parsed = parse_header_ext(buf, max_payload, sender, rsv1_allowed)?;
     if let Parse::Frame(h) = &parsed {
         if sender.masks() {
             let k = h.payload_start - 4;
@@ -319,8 +361,21 @@ pub fn write_header(
     payload_len: usize,
     mask: Option<[u8; 4]>,
 ) -> usize {
+    write_header_ext(out, fin, false, opcode, payload_len, mask)
+}
+
+/// [`write_header`] with the RSV1 bit (a compressed message's first frame).
+#[inline]
+pub fn write_header_ext(
+    out: &mut [u8],
+    fin: bool,
+    rsv1: bool,
+    opcode: OpCode,
+    payload_len: usize,
+    mask: Option<[u8; 4]>,
+) -> usize {
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    out[0] = if fin { 0x80 } else { 0 } | opcode.as_u8();
+    out[0] = if fin { 0x80 } else { 0 } | if rsv1 { 0x40 } else { 0 } | opcode.as_u8();
     let mut pos = if payload_len < 126 {
         out[1] = mask_bit | payload_len as u8;
         2

@@ -27,6 +27,36 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
 
 proptest! {
     #[test]
+    fn rsv1_is_reported_only_on_a_first_data_frame_where_allowed(
+        op in opcode(),
+        fin in any::<bool>(),
+        payload in prop::collection::vec(any::<u8>(), 0..125),
+        mask in any::<[u8; 4]>(),
+        sender in role(),
+    ) {
+        let fin = fin || op.is_control();
+        let mask = sender.masks().then_some(mask);
+        let mut raw = vec![0u8; corechat_wire::MAX_HEADER_LEN];
+        let n = corechat_wire::write_header_ext(&mut raw, fin, true, op, payload.len(), mask);
+        raw.truncate(n);
+        raw.extend_from_slice(&payload);
+        prop_assert!(parse_header(&raw, usize::MAX, sender).is_err());
+        let parsed = corechat_wire::parse_header_ext(&raw, usize::MAX, sender, true);
+        if op.is_control() || op == OpCode::Continuation {
+            prop_assert_eq!(parsed.unwrap_err().code, close_code::PROTOCOL);
+        } else {
+            let Ok(Parse::Frame(h)) = parsed else {
+                return Err(TestCaseError::fail(format!("{parsed:?}")));
+            };
+            prop_assert!(h.rsv1);
+            prop_assert_eq!((h.fin, h.opcode, h.payload_len), (fin, op, payload.len()));
+        }
+        // RSV2 and RSV3 stay errors even where RSV1 is allowed.
+        raw[0] |= 0x20;
+        prop_assert!(corechat_wire::parse_header_ext(&raw, usize::MAX, sender, true).is_err());
+    }
+
+    #[test]
     fn encode_then_parse_round_trips(
         op in opcode(),
         fin in any::<bool>(),
