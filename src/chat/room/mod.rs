@@ -78,6 +78,8 @@ pub(super) struct HomeRoom {
     pub(super) cluster: super::cluster::ClusterRoom,
     /// Shard clock (ms) of the last publish, join or leave (idle sweep).
     last_active_ms: u64,
+    /// Committed messages per second, for the operator's page.
+    pub(super) rate: super::admin::stats::RateWindow,
 }
 
 impl HomeRoom {
@@ -130,6 +132,7 @@ impl ChatApp {
                 since,
                 id,
                 rejoin,
+                reads,
             } => {
                 let join = JoinRequest {
                     conn: who.conn,
@@ -138,6 +141,7 @@ impl ChatApp {
                     since: since.unwrap_or(u64::MAX),
                     id,
                     rejoin,
+                    reads,
                 };
                 if self.cluster.is_some() {
                     self.cluster_join(port, room, join);
@@ -208,6 +212,7 @@ impl ChatApp {
             dm,
             cluster: Default::default(),
             last_active_ms: 0,
+            rate: Default::default(),
         })
     }
 
@@ -335,6 +340,7 @@ impl ChatApp {
         };
         let (seq, ts, frame) = (p.entry.seq, p.entry.ts, p.entry.frame.clone());
         room.committed = seq;
+        room.rate.add(port.now_ms());
         room.ring.push_back(p.entry);
         while room.ring.len() > ring_cap {
             room.ring.pop_front();
