@@ -34,8 +34,20 @@ pub enum AdminMsg {
         conn: ConnRef,
         disconnect: bool,
     },
-    /// To a shard where the user is connected: close its connections.
-    Disconnect { user: UserId },
+    /// From the user's home to each shard where the user is connected:
+    /// count (and with `disconnect`, close) the user's connections there.
+    UserHere {
+        gather: u64,
+        reply_shard: u32,
+        user: UserId,
+        disconnect: bool,
+    },
+    /// A shard's answer to `UserHere`.
+    UserHereReply {
+        gather: u64,
+        shard: u32,
+        connections: u32,
+    },
 }
 
 /// Who asks a room's home for something.

@@ -44,14 +44,37 @@ struct StatsGather {
     parts: Vec<ShardStats>,
 }
 
+/// A user lookup waiting, at the user's home, for the user's shards.
+struct UserGather {
+    conn: ConnRef,
+    user: UserId,
+    disconnect: bool,
+    remaining: usize,
+    shards: Vec<(u32, u32)>,
+    rooms: Vec<String>,
+    rooms_total: usize,
+}
+
 /// One shard's admin state: gathers in flight and the per-second windows.
 #[derive(Default)]
 pub(super) struct AdminState {
     gathers: HashMap<u64, StatsGather>,
+    user_gathers: HashMap<u64, UserGather>,
     next_gather: u64,
     latency: LatencyWindow,
     rates: ShardRates,
     last_second_ms: u64,
+}
+
+impl AdminState {
+    fn in_flight(&self) -> usize {
+        self.gathers.len() + self.user_gathers.len()
+    }
+
+    fn next_gather(&mut self) -> u64 {
+        self.next_gather += 1;
+        self.next_gather
+    }
 }
 
 impl ChatApp {
@@ -112,11 +135,10 @@ impl ChatApp {
                 _ => return Some(Response::error(400, "top must be 1..50")),
             },
         };
-        if self.admin.gathers.len() >= MAX_GATHERS {
+        if self.admin.in_flight() >= MAX_GATHERS {
             return Some(Response::error(503, "too many stats requests in flight"));
         }
-        let gather = self.admin.next_gather;
-        self.admin.next_gather += 1;
+        let gather = self.admin.next_gather();
         self.admin.gathers.insert(
             gather,
             StatsGather {
@@ -186,7 +208,38 @@ impl ChatApp {
                 conn,
                 disconnect,
             } => self.user_lookup(port, &user, conn, disconnect),
-            AdminMsg::Disconnect { user } => self.disconnect_local(port, &user),
+            AdminMsg::UserHere {
+                gather,
+                reply_shard,
+                user,
+                disconnect,
+            } => {
+                let connections = self.user_here(port, &user, disconnect);
+                let msg = AdminMsg::UserHereReply {
+                    gather,
+                    shard: self.shard as u32,
+                    connections,
+                };
+                port.bus(reply_shard as usize, ChatMsg::Admin(msg));
+            }
+            AdminMsg::UserHereReply {
+                gather,
+                shard,
+                connections,
+            } => {
+                let Some(g) = self.admin.user_gathers.get_mut(&gather) else {
+                    return;
+                };
+                if connections > 0 {
+                    g.shards.push((shard, connections));
+                }
+                g.remaining -= 1;
+                if g.remaining == 0 {
+                    if let Some(g) = self.admin.user_gathers.remove(&gather) {
+                        self.answer_user(port, g);
+                    }
+                }
+            }
         }
     }
 
@@ -255,53 +308,88 @@ impl ChatApp {
         }
     }
 
-    /// At the user's home: where the user is connected; with `disconnect`,
-    /// tells each of those shards to close the user's connections.
+    /// At the user's home: asks every shard where the user is connected
+    /// for its count (closing them with `disconnect`), then answers.
     fn user_lookup(&mut self, port: &mut ChatPort, user: &UserId, conn: ConnRef, disconnect: bool) {
         let home = self.user_homes.get(user);
-        let shards: Vec<(u32, u32)> = home.map(|h| h.shard_counts().to_vec()).unwrap_or_default();
+        let shards: Vec<u32> = home.map_or_else(Vec::new, |h| {
+            h.shard_counts().iter().map(|&(s, _)| s).collect()
+        });
         let rooms = home.map_or(&[][..], |h| h.rooms());
-        let connections: u32 = shards.iter().map(|(_, n)| n).sum();
+        let g = UserGather {
+            conn,
+            user: user.clone(),
+            disconnect,
+            remaining: shards.len(),
+            shards: Vec::with_capacity(shards.len()),
+            rooms: rooms
+                .iter()
+                .take(MAX_LISTED_ROOMS)
+                .map(|r| r.to_string())
+                .collect(),
+            rooms_total: rooms.len(),
+        };
+        if shards.is_empty() || self.admin.in_flight() >= MAX_GATHERS {
+            // Offline (or too busy to ask): what the home alone knows.
+            self.answer_user(port, g);
+            return;
+        }
+        if disconnect {
+            tracing::info!(user = %user, shards = shards.len(), "admin: disconnecting user");
+        }
+        let gather = self.admin.next_gather();
+        self.admin.user_gathers.insert(gather, g);
+        for shard in shards {
+            let msg = AdminMsg::UserHere {
+                gather,
+                reply_shard: self.shard as u32,
+                user: user.clone(),
+                disconnect,
+            };
+            port.bus(shard as usize, ChatMsg::Admin(msg));
+        }
+    }
+
+    fn answer_user(&mut self, port: &mut ChatPort, mut g: UserGather) {
+        g.shards.sort_unstable();
+        let connections: u32 = g.shards.iter().map(|(_, n)| n).sum();
         let body = json!({
-            "user": &**user,
+            "user": &*g.user,
             "online": connections > 0,
             "connections": connections,
-            "shards": shards.iter().map(|(s, n)| json!({"shard": s, "connections": n})).collect::<Vec<_>>(),
-            "rooms": rooms.iter().take(MAX_LISTED_ROOMS).map(|r| &**r).collect::<Vec<_>>(),
-            "rooms_total": rooms.len(),
-            "disconnected": if disconnect { connections } else { 0 },
+            "shards": g.shards.iter().map(|(s, n)| json!({"shard": s, "connections": n})).collect::<Vec<_>>(),
+            "rooms": g.rooms,
+            "rooms_total": g.rooms_total,
+            "disconnected": if g.disconnect { connections } else { 0 },
         })
         .to_string();
-        if disconnect && connections > 0 {
-            tracing::info!(user = %user, connections, "admin: disconnecting user");
-            for (shard, _) in shards {
-                let msg = AdminMsg::Disconnect { user: user.clone() };
-                port.bus(shard as usize, ChatMsg::Admin(msg));
-            }
-        }
         let reply = MemberMsg::HttpReply {
-            conn,
+            conn: g.conn,
             status: 200,
             body: body.into(),
         };
-        self.router.to_conn_shard(port, conn, reply);
+        self.router.to_conn_shard(port, g.conn, reply);
     }
 
-    /// Closes every local WebSocket of `user` (1008, "disconnected by admin").
-    fn disconnect_local(&mut self, port: &mut ChatPort, user: &str) {
+    /// The user's WebSockets on this shard: how many; with `disconnect`,
+    /// each is closed (1008, "disconnected by admin").
+    fn user_here(&mut self, port: &mut ChatPort, user: &str, disconnect: bool) -> u32 {
         let keys: Vec<usize> = self
             .users_here
             .get(user)
             .map(|k| k.to_vec())
             .unwrap_or_default();
-        for key in keys {
-            port.close(
-                key,
-                close_code::POLICY,
-                DISCONNECT_REASON,
-                DisconnectReason::Policy,
-            );
+        if disconnect {
+            for &key in &keys {
+                port.close(
+                    key,
+                    close_code::POLICY,
+                    DISCONNECT_REASON,
+                    DisconnectReason::Policy,
+                );
+            }
         }
+        u32::try_from(keys.len()).unwrap_or(u32::MAX)
     }
 
     /// Every fan-out latency sample also feeds the live chart's window.
