@@ -67,7 +67,7 @@ out=$work/server.out
 server_pid=$!
 addr=
 for _ in $(seq 300); do
-  addr=$(grep -o '127\.0\.0\.1:[0-9]*' "$out" | head -1 || true)
+  addr=$(grep -o 'listening on 127\.0\.0\.1:[0-9]*' "$out" | head -1 | sed 's/^listening on //' || true)
   [ -n "$addr" ] && break
   kill -0 "$server_pid" 2>/dev/null || fail "the server exited at start"
   sleep 0.1
