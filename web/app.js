@@ -396,6 +396,7 @@ async function loadPresence(v) {
     if (state.current === v.room) {
       renderMembers();
       renderHeader();
+      renderReceipts(); // receipts from `joined.reads` now have their names
     }
     if (v.dm) renderRoomList();
   } catch {}
