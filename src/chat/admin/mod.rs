@@ -4,19 +4,20 @@
 //!   and fan-out latency of the last second, the N busiest rooms, the store.
 //!   Scattered to every shard over the bus and gathered on the shard that
 //!   serves the request; no reactor waits for another.
-//! - `GET /api/admin/users/{user}`: where the user is connected (asked of
-//!   the user's home shard).
-//! - `POST /api/admin/disconnect {"user": ...}`: the user's home closes all
-//!   of that user's WebSockets, on every shard, with 1008 "disconnected by
-//!   admin" (the client may reconnect: it is not a ban).
+//! - `GET /api/admin/users/{user}`: where the user is connected. The
+//!   user's home shard knows on which shards; it asks each for its count
+//!   and answers when all have.
+//! - `POST /api/admin/disconnect {"user": ...}`: the same, and each of those
+//!   shards closes the user's WebSockets with 1008 "disconnected by admin"
+//!   (the client may reconnect: it is not a ban).
 //!
 //! Every answer is bounded: at most `MAX_TOP_ROOMS` rooms, at most
-//! `MAX_LISTED_ROOMS` rooms of a user, at most `MAX_GATHERS` stats requests
-//! in flight per shard.
+//! `MAX_LISTED_ROOMS` rooms of a user, at most `MAX_GATHERS` requests
+//! gathering at once per shard (a stats request past that is 503).
 
 pub mod stats;
 
-use self::stats::{LatencyWindow, RoomStats, ShardRates, ShardStats, StoreState};
+use self::stats::{LatencyWindow, RoomStats, ShardRates, ShardStats, StoreState, TopRooms};
 use super::msg::{AdminMsg, ChatMsg, MemberMsg};
 use super::{now_unix_ms, ChatApp, ChatPort, UserId};
 use crate::auth::Identity;
@@ -247,18 +248,16 @@ impl ChatApp {
     fn shard_stats(&self, port: &ChatPort, top: usize) -> ShardStats {
         let now = port.now_ms();
         let m = port.metrics();
-        let rooms: Vec<RoomStats> = self
-            .homes
-            .iter()
-            .filter(|(_, h)| h.dm.is_none())
-            .map(|(name, h)| RoomStats {
+        let mut rooms = TopRooms::new(top);
+        for (name, h) in self.homes.iter().filter(|(_, h)| h.dm.is_none()) {
+            rooms.offer(RoomStats {
                 room: name.clone(),
                 members: h.users.len(),
                 connections: h.shard_members.iter().map(|&n| u64::from(n)).sum(),
                 seq: h.committed,
                 msgs_per_sec: h.rate.per_sec(now),
-            })
-            .collect();
+            });
+        }
         ShardStats {
             shard: self.shard,
             connections: m.connections_open.load(Relaxed),
@@ -269,7 +268,7 @@ impl ChatApp {
             deliveries_per_sec: self.admin.rates.deliveries_per_sec,
             publishes_per_sec: self.admin.rates.publishes_per_sec,
             latency: self.admin.latency.last,
-            top_rooms: stats::busiest(rooms, top),
+            top_rooms: rooms.into_sorted(),
         }
     }
 
