@@ -65,7 +65,14 @@ pub(super) struct AdminState {
     latency: LatencyWindow,
     rates: ShardRates,
     last_second_ms: u64,
+    /// Shard clock until which someone is watching (a stats request came in
+    /// the last `WATCH_MS`): only then does the latency window record.
+    watched_until_ms: u64,
+    watching: bool,
 }
+
+/// How long after a stats request the latency window keeps recording.
+const WATCH_MS: u64 = 10_000;
 
 impl AdminState {
     fn in_flight(&self) -> usize {
@@ -186,6 +193,7 @@ impl ChatApp {
                 reply_shard,
                 top,
             } => {
+                self.admin.watched_until_ms = port.now_ms() + WATCH_MS;
                 let part = Box::new(self.shard_stats(port, top));
                 port.bus(
                     reply_shard as usize,
@@ -391,10 +399,13 @@ impl ChatApp {
         u32::try_from(keys.len()).unwrap_or(u32::MAX)
     }
 
-    /// Every fan-out latency sample also feeds the live chart's window.
+    /// A fan-out latency sample; while an admin page watches it also feeds
+    /// the live chart's window (no cost on the hot path otherwise).
     pub(super) fn record_latency(&mut self, us: u64) {
         let _ = self.latency.record(us);
-        self.admin.latency.record(us);
+        if self.admin.watching {
+            self.admin.latency.record(us);
+        }
     }
 
     /// Once a second: the rates and the latency window move on.
@@ -409,5 +420,6 @@ impl ChatApp {
         let (deliveries, publishes) = (m.deliveries.load(Relaxed), m.publishes.load(Relaxed));
         self.admin.rates.update(deliveries, publishes, elapsed_ms);
         self.admin.latency.rotate();
+        self.admin.watching = now < self.admin.watched_until_ms;
     }
 }
