@@ -336,9 +336,19 @@ impl ChatApp {
                 .collect(),
             rooms_total: rooms.len(),
         };
-        if shards.is_empty() || self.admin.in_flight() >= MAX_GATHERS {
-            // Offline (or too busy to ask): what the home alone knows.
-            self.answer_user(port, g);
+        if shards.is_empty() {
+            self.answer_user(port, g); // offline: nothing to ask
+            return;
+        }
+        if self.admin.in_flight() >= MAX_GATHERS {
+            let reply = MemberMsg::HttpReply {
+                conn,
+                status: 503,
+                body: json!({"error": "too many admin requests in flight"})
+                    .to_string()
+                    .into(),
+            };
+            self.router.to_conn_shard(port, conn, reply);
             return;
         }
         if disconnect {
