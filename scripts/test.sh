@@ -82,4 +82,11 @@ if [ "${CI:-}" = true ]; then
 fi
 scripts/test-web.sh
 
+log "README's commands on a fresh clone (scripts/fresh-clone-check.sh)"
+# The dev profile and this target dir: only the workspace's crates are built
+# again (the clone is another path). That build re-links target/debug/corechat
+# from the clone, so build this tree's binary again afterwards (no compile).
+FRESH_CLONE_PROFILE=dev scripts/fresh-clone-check.sh
+cargo build --quiet --bin corechat
+
 log "all tests passed"

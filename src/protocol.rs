@@ -105,6 +105,8 @@ pub enum Request<'a> {
     Join {
         room: &'a str,
         since: Option<u64>,
+        /// Extension: `joined` also carries the members' read markers.
+        reads: bool,
     },
     Leave {
         room: &'a str,
@@ -162,6 +164,8 @@ struct RawRequest<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     seq: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    reads: Option<&'a RawValue>,
 }
 
 /// A field that is present, whatever its value (`null` included).
@@ -259,6 +263,7 @@ fn validate<'a>(raw: &RawRequest<'a>, max_body: usize) -> Result<Request<'a>, Pr
         "join" => Request::Join {
             room: room_field(raw.room)?,
             since: opt_u64(raw.since, "since")?,
+            reads: opt_bool(raw.reads, "reads")?,
         },
         "leave" => Request::Leave {
             room: room_field(raw.room)?,
@@ -360,6 +365,18 @@ fn opt_u64(raw: Option<&RawValue>, name: &str) -> Result<Option<u64>, ProtoError
                 format!("field {name} must be a non-negative integer"),
             )
         }),
+    }
+}
+
+/// An optional boolean flag: absent or `null` is false.
+fn opt_bool(raw: Option<&RawValue>, name: &str) -> Result<bool, ProtoError> {
+    match raw.map(RawValue::get) {
+        None | Some("null") | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ProtoError::new(
+            ErrorCode::BadRequest,
+            format!("field {name} must be true or false"),
+        )),
     }
 }
 
@@ -495,7 +512,8 @@ mod tests {
                 Some("\"a\"".into()),
                 Ok(Request::Join {
                     room: "lobby",
-                    since: Some(5)
+                    since: Some(5),
+                    reads: false
                 })
             )
         );
@@ -696,7 +714,8 @@ mod tests {
             parse(r#"{"type":"join","room":"r","since":null}"#).1,
             Ok(Request::Join {
                 room: "r",
-                since: None
+                since: None,
+                reads: false
             })
         );
     }
@@ -763,5 +782,25 @@ mod tests {
         assert_eq!(v["id"], "q");
         assert_eq!(v["code"], "rate_limited");
         assert_eq!(v["retry_after_ms"], 50);
+    }
+
+    #[test]
+    fn join_reads_flag_is_an_optional_boolean() {
+        assert_eq!(
+            parse(r#"{"type":"join","room":"r","reads":true}"#).1,
+            Ok(Request::Join {
+                room: "r",
+                since: None,
+                reads: true
+            })
+        );
+        assert!(matches!(
+            parse(r#"{"type":"join","room":"r","reads":null}"#).1,
+            Ok(Request::Join { reads: false, .. })
+        ));
+        let err = parse(r#"{"type":"join","room":"r","reads":1}"#)
+            .1
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
     }
 }

@@ -29,10 +29,35 @@ const INDEX: Asset = Asset {
     cache_control: CACHE_HTML,
 };
 
-/// Every path served, with its asset (`/` and `/index.html` are the same page).
+const ADMIN: Asset = Asset {
+    content_type: HTML,
+    body: include_bytes!("../web/admin.html"),
+    cache_control: CACHE_HTML,
+};
+
+/// Every path served, with its asset (`/` and `/index.html` are the same
+/// page; so are `/admin` and `/admin.html`, the operator's page).
 const ASSETS: &[(&str, Asset)] = &[
     ("/", INDEX),
     ("/index.html", INDEX),
+    ("/admin", ADMIN),
+    ("/admin.html", ADMIN),
+    (
+        "/admin.js",
+        Asset {
+            content_type: JS,
+            body: include_bytes!("../web/admin.js"),
+            cache_control: CACHE_STATIC,
+        },
+    ),
+    (
+        "/admin.css",
+        Asset {
+            content_type: CSS,
+            body: include_bytes!("../web/admin.css"),
+            cache_control: CACHE_STATIC,
+        },
+    ),
     (
         "/corechat.js",
         Asset {
@@ -169,31 +194,41 @@ mod tests {
     }
 
     #[test]
-    fn page_loads_only_bundled_resources() {
+    fn pages_load_only_bundled_resources() {
+        let is_admin = |p: &str| p.starts_with("/admin");
         let html = text(&asset("/").unwrap());
-        for p in paths().filter(|p| p.len() > 1 && *p != "/index.html") {
+        for p in paths().filter(|p| p.len() > 1 && *p != "/index.html" && !is_admin(p)) {
             assert!(html.contains(p), "index.html should reference {p}");
+        }
+        let admin = text(&asset("/admin").unwrap());
+        assert_eq!(asset("/admin"), asset("/admin.html"));
+        for p in ["/admin.js", "/admin.css", "/style.css", "/favicon.svg"] {
+            assert!(admin.contains(p), "admin.html should reference {p}");
         }
         for (name, body) in [
             ("index.html", html),
+            ("admin.html", admin),
             ("style.css", text(&asset("/style.css").unwrap())),
+            ("admin.css", text(&asset("/admin.css").unwrap())),
         ] {
             for bad in ["http://", "https://", "//fonts.", "@import", "@font-face"] {
                 assert!(!body.contains(bad), "{name} must not load {bad}");
             }
         }
-        // every src/href in the page is a root-relative path that is served
-        for attr in ["src=\"", "href=\""] {
-            for part in html.split(attr).skip(1) {
-                let target = part.split('"').next().unwrap();
-                assert!(asset(target).is_some(), "{target} is not bundled");
+        // every src/href in the pages is a root-relative path that is served
+        for page in [html, admin] {
+            for attr in ["src=\"", "href=\""] {
+                for part in page.split(attr).skip(1) {
+                    let target = part.split('"').next().unwrap();
+                    assert!(asset(target).is_some(), "{target} is not bundled");
+                }
             }
         }
     }
 
     #[test]
     fn scripts_never_write_html() {
-        for p in ["/app.js", "/corechat.js"] {
+        for p in ["/app.js", "/corechat.js", "/admin.js"] {
             let js = text(&asset(p).unwrap());
             for bad in [
                 "innerHTML",

@@ -576,3 +576,31 @@ fn a_node_killed_during_traffic_its_member_resumes_elsewhere_with_no_gap() {
         "every acked message once, in order, across the move"
     );
 }
+
+#[test]
+fn joined_reads_include_markers_set_on_other_nodes() {
+    let redis = Redis::start(true);
+    let (n1, n2) = (node(&redis, "q1"), node(&redis, "q2"));
+    let mut bob = n2.client("bob");
+    join(&mut bob, "seen", None);
+    let mut alice = n1.client("alice");
+    join(&mut alice, "seen", None);
+    for i in 0..3 {
+        assert_eq!(
+            publish(&mut alice, "seen", &format!("s{i}"), json!(i))["type"],
+            "ack"
+        );
+    }
+    alice.send_json(json!({"type": "read", "room": "seen", "seq": 3}));
+    let r = bob.recv_type("read");
+    assert_eq!(
+        (r["from"].as_str(), r["seq"].as_u64()),
+        (Some("alice"), Some(3)),
+        "{r}"
+    );
+    // Alice's marker was set through n1; carol joins on n2.
+    let mut carol = n2.client("carol");
+    carol.send_json(json!({"type": "join", "room": "seen", "id": "jc", "reads": true}));
+    let j = carol.recv_type("joined");
+    assert_eq!(j["reads"], json!({"alice": 3}), "{j}");
+}

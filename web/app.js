@@ -227,7 +227,7 @@ $("sign-out").addEventListener("click", () => {
 function start(token) {
   $("login").hidden = true;
   $("app").hidden = false;
-  const chat = new CoreChat({ token });
+  const chat = new CoreChat({ token, reads: true });
   state.chat = chat;
   window.corechat = chat; // handy for debugging and tests
   let welcomed = false;
@@ -263,6 +263,11 @@ function start(token) {
     v.latest = Math.max(v.latest, j.seq);
     v.myRead = Math.max(v.myRead, j.read || 0);
     v.sentRead = Math.max(v.sentRead, j.read || 0);
+    // other members' markers (the `reads` extension): receipts survive a reload
+    for (const [user, seq] of Object.entries(j.reads || {})) {
+      if (user !== state.me) v.reads.set(user, Math.max(v.reads.get(user) || 0, seq));
+    }
+    if (state.current === j.room) renderReceipts();
     renderRoomList();
     // presence may have changed while we were away
     loadPresence(v);
@@ -391,6 +396,7 @@ async function loadPresence(v) {
     if (state.current === v.room) {
       renderMembers();
       renderHeader();
+      renderReceipts(); // receipts from `joined.reads` now have their names
     }
     if (v.dm) renderRoomList();
   } catch {}

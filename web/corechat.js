@@ -102,6 +102,8 @@
  * @property {number} members
  * @property {number} read
  * @property {boolean} recovered
+ * @property {Object<string, number>} [reads]  other members' read markers
+ *   (user -> seq), only with the `reads` option
  *
  * @typedef {Object} Ack
  * @property {string|number} id
@@ -268,6 +270,8 @@ export class CoreChat extends Emitter {
    *   `GET /api/me` whether the token is refused (stop with `auth_failed`)
    * @param {string} [opts.meUrl]  default: `/api/me` on the host of `url`
    * @param {typeof fetch} [opts.fetch]  default: the global `fetch`
+   * @param {boolean} [opts.reads=false]  ask every `join` for the other
+   *   members' read markers (`joined.reads`, a server extension)
    * @param {(text: string) => any} [opts.parse=JSON.parse]  frame parser
    *   (JSON.parse rounds integers beyond 2^53; pass a lossless parser if
    *   bodies carry such numbers)
@@ -790,6 +794,7 @@ export class CoreChat extends Emitter {
     r.ready = false;
     const frame = { type: "join", room: r.room };
     if (r.last != null && r.last > 0) frame.since = r.last;
+    if (this.opts.reads) frame.reads = true;
     this._send({ ...frame, id });
   }
 

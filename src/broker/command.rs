@@ -163,6 +163,14 @@ fn to_error(v: &Value) -> Option<BrokerError> {
     })
 }
 
+/// `{user, seq, user, seq, ...}` as pairs.
+fn read_pairs(v: Value) -> Vec<(String, u64)> {
+    let flat = items(v);
+    flat.chunks_exact(2)
+        .filter_map(|p| Some((text(&p[0])?, uint(&p[1]))))
+        .collect()
+}
+
 fn stream_entry(v: Value) -> Option<StreamEntry> {
     let mut parts = items(v).into_iter();
     let id = text(&parts.next()?)?;
@@ -469,7 +477,9 @@ impl Cmd2 {
                 }
                 chans.len()
             }
-            Request::State { room, user, .. } => {
+            Request::State {
+                room, user, reads, ..
+            } => {
                 let mut c = self.script(&s.state, scripts::STATE, eval);
                 c.arg(5)
                     .arg(self.key(room, "seq"))
@@ -479,7 +489,8 @@ impl Cmd2 {
                     .arg(self.key(room, "pu"))
                     .arg(self.boot.as_deref().unwrap_or(""))
                     .arg(new_id())
-                    .arg(user);
+                    .arg(user)
+                    .arg(*reads);
                 pipe.add_command(c);
                 1
             }
@@ -687,6 +698,7 @@ fn complete(r: Request, vals: Vec<Value>) {
                             epoch,
                             read: uint(read),
                             members: uint(members),
+                            reads: v.get(4).cloned().map(read_pairs).unwrap_or_default(),
                         }),
                         _ => Err(BrokerError::Server("bad state reply".into())),
                     }

@@ -266,6 +266,8 @@ pub struct RoomState {
     pub read: u64,
     /// Users present in the room on any node, the asking user included.
     pub members: u64,
+    /// Other users' read markers, if asked (highest first).
+    pub reads: Vec<(String, u64)>,
 }
 
 /// One stored message.
@@ -411,6 +413,8 @@ pub(crate) enum Request {
     State {
         room: String,
         user: String,
+        /// Return up to this many other users' read markers.
+        reads: usize,
         reply: Reply<Result<RoomState, BrokerError>>,
     },
     Range {
@@ -553,9 +557,22 @@ impl BrokerHandle {
 
     /// The room's seq and epoch (created if new) and `user`'s read marker.
     pub fn state(&self, room: &str, user: &str, reply: Reply<Result<RoomState, BrokerError>>) {
+        self.state_with_reads(room, user, 0, reply);
+    }
+
+    /// [`Self::state`] plus up to `reads` other users' read markers, the
+    /// highest first (for `joined.reads`).
+    pub fn state_with_reads(
+        &self,
+        room: &str,
+        user: &str,
+        reads: usize,
+        reply: Reply<Result<RoomState, BrokerError>>,
+    ) {
         self.send(Request::State {
             room: room.to_string(),
             user: user.to_string(),
+            reads,
             reply,
         });
     }

@@ -65,10 +65,12 @@ end
 return {seq, epoch}
 "#;
 
-/// KEYS: seq, epoch, read, boot, pu. ARGV: boot id, epoch candidate, user.
-/// Returns {seq, epoch, read marker, members}: `members` counts the users
-/// present on any node, the asking user included (its presence is added
-/// just after). Creates the epoch of a new room.
+/// KEYS: seq, epoch, read, boot, pu. ARGV: boot id, epoch candidate, user,
+/// reads (the most markers of other users to return; 0: none).
+/// Returns {seq, epoch, read marker, members, {user, seq, ...}}: `members`
+/// counts the users present on any node, the asking user included (its
+/// presence is added just after); the markers are the highest ones above
+/// 0 (for `joined.reads`). Creates the epoch of a new room.
 pub(crate) const STATE: &str = r#"
 if redis.call('GET', KEYS[4]) ~= ARGV[1] then
   return redis.error_reply('BOOT broker data lost')
@@ -82,7 +84,22 @@ local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
 local read = tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0')
 local members = redis.call('HLEN', KEYS[5])
 if redis.call('HEXISTS', KEYS[5], ARGV[3]) == 0 then members = members + 1 end
-return {seq, epoch, read, members}
+local want = tonumber(ARGV[4])
+local reads = {}
+if want > 0 then
+  local all = redis.call('HGETALL', KEYS[3])
+  local marks = {}
+  for i = 1, #all, 2 do
+    local n = tonumber(all[i + 1])
+    if all[i] ~= ARGV[3] and n > 0 then marks[#marks + 1] = {all[i], n} end
+  end
+  table.sort(marks, function(a, b) return a[2] > b[2] end)
+  for i = 1, math.min(want, #marks) do
+    reads[#reads + 1] = marks[i][1]
+    reads[#reads + 1] = marks[i][2]
+  end
+end
+return {seq, epoch, read, members, reads}
 "#;
 
 /// KEYS: read, seq. ARGV: user, seq. The marker only grows and never passes

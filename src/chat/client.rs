@@ -163,7 +163,7 @@ impl ChatApp {
                 port.send(key, frames::pong(id));
                 Ok(())
             }
-            Request::Join { room, since } => self.join(port, key, id, room, since),
+            Request::Join { room, since, reads } => self.join(port, key, id, room, since, reads),
             Request::Leave { room } => self.leave(port, key, id, room),
             Request::Publish { room, body } => self.publish_request(port, key, id, room, body),
             Request::Dm { to, body } => self.dm(port, key, id, to, body),
@@ -228,6 +228,7 @@ impl ChatApp {
         id: &ReqId,
         room: &str,
         since: Option<Seq>,
+        reads: bool,
     ) -> Outcome {
         let who = Self::requester(port, key)?;
         let session = port.session(key).ok_or(Refused::Closed)?;
@@ -272,6 +273,7 @@ impl ChatApp {
             since,
             id: id.clone(),
             rejoin,
+            reads,
         };
         self.router.to_room_home(port, &room, msg);
         Ok(())

@@ -3,7 +3,7 @@
 //! literals escaped once per session (`name_json`). Frames are text
 //! WebSocket frames ready to queue (`Bytes`, shared by every recipient).
 
-use super::{RoomName, Seq};
+use super::{RoomName, Seq, UserId};
 use crate::protocol::{self, MessageFields, ProtoError, ReqId};
 use crate::store::StoredMessage;
 use crate::ws;
@@ -86,6 +86,8 @@ pub struct Joined<'a> {
     pub members: usize,
     pub read: Seq,
     pub recovered: bool,
+    /// Extension (`join` with `"reads": true`): other members' read markers.
+    pub reads: Option<&'a [(UserId, Seq)]>,
 }
 
 pub fn joined(j: &Joined<'_>) -> Bytes {
@@ -95,9 +97,19 @@ pub fn joined(j: &Joined<'_>) -> Bytes {
     out.extend_from_slice(j.room.as_bytes());
     let _ = write!(
         out,
-        "\",\"seq\":{},\"epoch\":\"{}\",\"members\":{},\"read\":{},\"recovered\":{}}}",
+        "\",\"seq\":{},\"epoch\":\"{}\",\"members\":{},\"read\":{},\"recovered\":{}",
         j.seq, j.epoch, j.members, j.read, j.recovered
     );
+    if let Some(reads) = j.reads {
+        // User ids are validated names: no escaping needed.
+        out.extend_from_slice(b",\"reads\":{");
+        for (i, (user, seq)) in reads.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(out, "{sep}\"{user}\":{seq}");
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
     text(&out)
 }
 

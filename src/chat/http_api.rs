@@ -29,6 +29,9 @@ impl ChatApp {
         if path == "/api/me" {
             return Some(self.http_me(port, &req));
         }
+        if let Some(rest) = path.strip_prefix("/api/admin/") {
+            return self.serve_admin(port, key, &req, rest);
+        }
         if method == "POST" && path == "/api/publish" {
             return self.http_publish(port, key, &req);
         }
@@ -49,7 +52,11 @@ impl ChatApp {
         Some(Response::error(404, "not found"))
     }
 
-    fn bearer_identity(&self, port: &ChatPort, req: &Request) -> Result<Identity, Response> {
+    pub(super) fn bearer_identity(
+        &self,
+        port: &ChatPort,
+        req: &Request,
+    ) -> Result<Identity, Response> {
         let token = req
             .bearer()
             .ok_or_else(|| Response::error(401, "missing token"))?;

@@ -327,7 +327,7 @@ impl ChatApp {
         };
         metrics::add(&port.metrics().deliveries, delivered as u64);
         if let Some(t0) = received {
-            let _ = self.latency.record(t0.elapsed().as_micros().max(1) as u64);
+            self.record_latency(t0.elapsed().as_micros().max(1) as u64);
         }
     }
 
@@ -367,9 +367,7 @@ impl ChatApp {
         }
         metrics::add(&port.metrics().deliveries, delivered);
         if seq > 0 {
-            let _ = self
-                .latency
-                .record(received.elapsed().as_micros().max(1) as u64);
+            self.record_latency(received.elapsed().as_micros().max(1) as u64);
         }
     }
 }

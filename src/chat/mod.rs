@@ -16,6 +16,7 @@
 //! bus (`msg.rs`), which is FIFO per pair of shards; that is what makes
 //! join + replay + live exact without locks.
 
+mod admin;
 mod client;
 pub mod cluster;
 pub mod frames;
@@ -125,6 +126,8 @@ pub struct ChatApp {
     /// Cluster mode (`--redis`): the broker and this shard's feed.
     cluster: Option<cluster::Cluster>,
     latency: hdrhistogram::Histogram<u64>,
+    /// The operator's API: stats gathers and per-second windows.
+    admin: admin::AdminState,
     last_export_ms: u64,
     last_sweep_ms: u64,
 }
@@ -159,6 +162,7 @@ impl ChatApp {
             shared,
             latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
                 .expect("static histogram bounds are valid"),
+            admin: admin::AdminState::default(),
             last_export_ms: 0,
             last_sweep_ms: 0,
         }
@@ -268,6 +272,7 @@ impl App for ChatApp {
             ChatMsg::Home(m) => self.on_home_msg(port, m),
             ChatMsg::Member(m) => self.on_member_msg(port, m),
             ChatMsg::User(m) => self.on_user_msg(port, m),
+            ChatMsg::Admin(m) => self.on_admin_msg(port, m),
         }
     }
 
@@ -295,6 +300,7 @@ impl App for ChatApp {
             self.last_export_ms = port.now_ms();
             port.metrics().export_latency(&self.latency);
         }
+        self.admin_tick(port);
         self.release_stale_joins(port);
         if port.now_ms() >= self.last_sweep_ms + SWEEP_MS {
             self.last_sweep_ms = port.now_ms();

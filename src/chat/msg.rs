@@ -2,6 +2,7 @@
 //! the message. Every variant travels over the bus, which is FIFO per pair of
 //! shards: that order is what makes join + replay + live exact.
 
+use super::admin::stats::ShardStats;
 use super::frames::RoomEntry;
 use super::{NameJson, RoomName, Seq, UserId};
 use crate::bus::{ConnRef, ReplyTo};
@@ -14,6 +15,40 @@ pub enum ChatMsg {
     Home(HomeMsg),
     Member(MemberMsg),
     User(UserMsg),
+    Admin(AdminMsg),
+}
+
+/// The operator's API (`/api/admin/*`, `chat/admin/`).
+pub enum AdminMsg {
+    /// To every shard: its part of a stats answer, sent to `reply_shard`.
+    Stats {
+        gather: u64,
+        reply_shard: u32,
+        top: usize,
+    },
+    /// One shard's part, back to the shard that serves the request.
+    StatsPart { gather: u64, part: Box<ShardStats> },
+    /// To a user's home: where the user is connected; with `disconnect`,
+    /// also close every one of those connections.
+    User {
+        user: UserId,
+        conn: ConnRef,
+        disconnect: bool,
+    },
+    /// From the user's home to each shard where the user is connected:
+    /// count (and with `disconnect`, close) the user's connections there.
+    UserHere {
+        gather: u64,
+        reply_shard: u32,
+        user: UserId,
+        disconnect: bool,
+    },
+    /// A shard's answer to `UserHere`.
+    UserHereReply {
+        gather: u64,
+        shard: u32,
+        connections: u32,
+    },
 }
 
 /// Who asks a room's home for something.
@@ -32,6 +67,8 @@ pub enum HomeMsg {
         id: ReqId,
         /// The connection is already counted as a member (a second join).
         rejoin: bool,
+        /// `joined` carries the members' read markers (extension).
+        reads: bool,
     },
     /// A connection left the room (request or disconnect).
     Leave {

@@ -37,6 +37,11 @@ impl UserHome {
         &self.shards
     }
 
+    /// The user's `rooms` list, sorted.
+    pub(super) fn rooms(&self) -> &[RoomName] {
+        &self.rooms
+    }
+
     /// Removes a room; false if it was not listed.
     fn unlist(&mut self, room: &RoomName) -> bool {
         match self.rooms.binary_search(room) {

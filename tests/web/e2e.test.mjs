@@ -389,3 +389,135 @@ test("a refused token stops at a sign-in screen; @name finds the user id; never-
   }
   assert.deepEqual(errors, [], "no page errors");
 });
+
+test("read receipts survive a reload; the admin page shows live numbers and disconnects a user", { timeout: 180000 }, async (t) => {
+  const server = new Server({ name: "e2e-admin", extra: ["--shards", "2"] });
+  cleanups.push(async () => {
+    await server.stop("SIGKILL");
+    server.cleanup();
+  });
+  await server.start();
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+  cleanups.push(() => browser.close());
+  const errors = [];
+  const newPage = async () => {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const page = await ctx.newPage();
+    page.on("pageerror", (e) => errors.push(e.message));
+    page.on("dialog", (d) => {
+      errors.push(`dialog: ${d.message()}`);
+      d.dismiss();
+    });
+    return page;
+  };
+  const adminToken = server.token("operator", { admin: true });
+  const stats = async () => {
+    const r = await fetch(`${server.http}/api/admin/stats?top=20`, { headers: { authorization: `Bearer ${adminToken}` } });
+    assert.equal(r.status, 200);
+    return r.json();
+  };
+  const pages = [];
+  try {
+    const base = server.http;
+    const pe = await newPage();
+    const pb = await newPage();
+    pages.push(pe, pb);
+    await login(pe, base, "Erin Hannon");
+    await login(pb, base, "Bob Vance");
+    const erinId = await pe.evaluate(() => window.corechat.user);
+    const bobId = await pb.evaluate(() => window.corechat.user);
+    await openRoom(pe, "ops");
+    await openRoom(pb, "ops");
+    await say(pe, "Erin checks in");
+    await bodies(pb, "Erin checks in").waitFor();
+    const seenBob = pe.locator(".msg-seen", { hasText: "Seen by Bob Vance" });
+    await seenBob.waitFor();
+
+    // ---- read receipts survive a reload: they come with `joined.reads`
+    await pe.reload();
+    await pe.waitForSelector('#conn[data-status="open"]');
+    await bodies(pe, "Erin checks in").waitFor();
+    await seenBob.waitFor({ timeout: 10000 });
+    assert.equal(await seenBob.count(), 1, "Bob's receipt is back after the reload");
+    assert.equal(await pe.locator(".msg-seen", { hasText: "Erin Hannon" }).count(), 0, "Erin is never seen by herself");
+
+    // ---- the admin page asks for a token, then shows what the server has
+    const pa = await newPage();
+    pages.push(pa);
+    await pa.goto(`${base}/admin`);
+    await pa.locator("#admin-login").waitFor({ state: "visible" });
+    await pa.fill("#admin-token", server.token("bob-is-no-admin"));
+    await pa.click("#admin-token-form button[type=submit]");
+    await pa.waitForFunction(() => document.getElementById("admin-login-error").textContent.includes("not an admin token"));
+    await pa.fill("#admin-token", adminToken);
+    await pa.click("#admin-token-form button[type=submit]");
+    await pa.locator("#dashboard").waitFor({ state: "visible" });
+    assert.equal(await pa.evaluate(() => sessionStorage.getItem("corechat.admin-token")), adminToken);
+
+    // two chat pages are connected: the totals, the shard rows and the
+    // connections chart's legend all say so, as the server does
+    const truth = await stats();
+    assert.equal(truth.totals.sessions, 2, JSON.stringify(truth));
+    await pa.waitForFunction(() => document.getElementById("total-sessions").textContent === "2");
+    for (const s of truth.shards) {
+      const row = pa.locator(`#shards-table tr[data-shard="${s.shard}"] td[data-k="sessions"]`);
+      assert.equal(await row.textContent(), String(s.sessions), `shard ${s.shard} row`);
+      const legend = pa.locator(`#chart-connections .legend-value[data-series="shard ${s.shard}"]`);
+      assert.equal(await legend.textContent(), String(s.sessions), `shard ${s.shard} legend`);
+    }
+    const room = pa.locator('#rooms-table tr[data-room="ops"]');
+    await room.waitFor();
+    assert.equal(await room.locator('td[data-k="members"]').textContent(), "2");
+    assert.equal(await room.locator('td[data-k="seq"]').textContent(), String(truth.rooms.find((r) => r.room === "ops").seq));
+    assert.equal(await pa.textContent("#store-ready"), "ready");
+    // the charts are live: their lines grow every second
+    const points = () => pa.evaluate(() => document.querySelector("#chart-connections polyline").getAttribute("points").split(" ").length);
+    const before = await points();
+    await pa.waitForFunction((n) => document.querySelector("#chart-connections polyline").getAttribute("points").split(" ").length > n, before);
+
+    // deliveries/s and the latency percentiles move while Erin talks
+    let n = 0;
+    await waitFor(
+      async () => {
+        await say(pe, `busy ${n++}`);
+        return pa.evaluate(() => {
+          const d = Number(document.getElementById("total-deliveries").textContent.replace(/,/g, ""));
+          const p99 = Number(document.querySelector('#chart-latency .legend-value[data-series="p99"]').textContent.replace(/,/g, ""));
+          return d > 0 && p99 > 0;
+        });
+      },
+      { timeout: 30000, interval: 200, what: "deliveries/s and p99 on the admin page" },
+    );
+    await shot(pa, "13-admin");
+
+    // ---- look Bob up and disconnect him: his socket closes with 1008
+    await pb.evaluate(() => {
+      window.__closes = [];
+      window.corechat.on("disconnect", (e) => window.__closes.push(e));
+    });
+    await pa.fill("#lookup-input", bobId);
+    await pa.click("#lookup-form button[type=submit]");
+    await pa.locator("#lookup-result").waitFor({ state: "visible" });
+    assert.equal(await pa.textContent("#lookup-online"), "online");
+    assert.equal(await pa.textContent("#lookup-connections"), "1");
+    assert.equal(await pa.textContent("#lookup-rooms"), "ops");
+    await pa.click("#disconnect");
+    await pa.waitForFunction(() => document.getElementById("lookup-note").textContent.startsWith("Closed 1 socket"));
+    await pb.waitForFunction(() => window.__closes.length > 0);
+    assert.deepEqual(await pb.evaluate(() => window.__closes[0]), { code: 1008, reason: "disconnected by admin" });
+    const metrics = await (await fetch(`${server.http}/metrics`)).text();
+    const policy = metrics
+      .split("\n")
+      .filter((l) => l.startsWith("corechat_disconnects_total{") && l.includes('reason="policy"'))
+      .reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(" ") + 1)), 0);
+    assert.equal(policy, 1, "one socket closed by policy: Bob's");
+    // Erin was not touched
+    assert.equal(await pe.evaluate(() => window.corechat.status), "open");
+    assert.equal(await pe.evaluate(() => window.corechat.user), erinId);
+  } catch (e) {
+    for (const [i, p] of pages.entries()) await shot(p, `failure-admin-${i}`).catch(() => {});
+    t.diagnostic(`server log tail:\n${server.log.slice(-2000)}`);
+    throw e;
+  }
+  assert.deepEqual(errors, [], "no page errors");
+});

@@ -224,6 +224,26 @@ describe("reconnect and resume", () => {
     );
   });
 
+  test("the reads option asks every join (and rejoin) for the members' read markers", async () => {
+    const plain = client();
+    const p0 = await accept(0);
+    plain.join("a");
+    const jp = await joinOn(p0, "a");
+    assert.equal(jp.reads, undefined, "the default join frame has no reads field");
+
+    const chat = client({ reads: true });
+    const c1 = await accept(1);
+    const joined = chat.join("r");
+    const j = await c1.next((f) => f.type === "join" && f.room === "r");
+    assert.equal(j.reads, true);
+    c1.send({ type: "joined", id: j.id, room: "r", seq: 3, epoch: "e1", members: 2, read: 1, recovered: true, reads: { bob: 3 } });
+    assert.deepEqual((await joined).reads, { bob: 3 });
+    c1.close(1001, "going away");
+    const c2 = await accept(2);
+    const j2 = await joinOn(c2, "r", { seq: 3 });
+    assert.equal(j2.reads, true, "the rejoin asks again");
+  });
+
   test("a new epoch drops since, resets the position and emits epoch", async () => {
     const chat = client();
     const rec = record(chat);

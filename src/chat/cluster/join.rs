@@ -13,7 +13,8 @@ use super::{BrokerDone, JoinRequest};
 use crate::broker::{BrokerError, GapTracker, RoomState, Step};
 use crate::chat::frames;
 use crate::chat::msg::MemberMsg;
-use crate::chat::{ChatApp, ChatPort, RoomName};
+use crate::chat::room::MAX_JOINED_READS;
+use crate::chat::{ChatApp, ChatPort, RoomName, UserId};
 
 /// Joins of one room that may wait for its subscription (or for a seq);
 /// past it, a join goes ahead at once.
@@ -106,13 +107,14 @@ impl ChatApp {
             return;
         };
         let user = join.user.clone();
+        let reads = if join.reads { MAX_JOINED_READS } else { 0 };
         let room_key = room_name.clone();
         let cb = c.reply(port, move |result| BrokerDone::State {
             room: room_key,
             join,
             result,
         });
-        c.broker.state(&room_name, &user, cb);
+        c.broker.state_with_reads(&room_name, &user, reads, cb);
     }
 
     pub(super) fn state_read(
@@ -143,6 +145,11 @@ impl ChatApp {
         };
         home.epoch = st.epoch.as_str().into();
         home.read.insert(join.user.clone(), st.read);
+        // Markers set on other nodes (asked only for `joined.reads`).
+        for (user, seq) in st.reads {
+            let mark = home.read.entry(UserId::from(user.as_str())).or_insert(0);
+            *mark = (*mark).max(seq);
+        }
         let join = JoinRequest {
             cluster_members: Some(st.members),
             ..join

@@ -343,6 +343,7 @@ impl ChatApp {
             let frame = frames::text(&json);
             let hdr = frame.len() - json.len();
             home.committed = seq;
+            home.rate.add(port.now_ms());
             home.push_ring(seq, ts, frame.clone(), hdr, ring_cap);
             let members = &home.shard_members;
             self.router

@@ -42,6 +42,8 @@ pub(in crate::chat) struct JoinRequest {
     /// Cluster mode: users present on any node, as Redis counted them when
     /// the join's state was read (`joined.members` spans the cluster).
     pub cluster_members: Option<u64>,
+    /// `joined` carries the members' read markers (extension).
+    pub reads: bool,
 }
 
 /// A join whose first replay page is being read from the store.
@@ -238,6 +240,7 @@ impl ChatApp {
         if read.is_none() {
             room.read.insert(join.user.clone(), 0);
         }
+        let reads = join.reads.then(|| members_reads(room, &join.user));
         let joined = frames::joined(&frames::Joined {
             id: &join.id,
             room: room_name,
@@ -248,6 +251,7 @@ impl ChatApp {
                 .map_or(room.users.len(), |n| room.users.len().max(n as usize)),
             read: read.unwrap_or(0),
             recovered,
+            reads: reads.as_deref(),
         });
         let upto = upto.min(room.committed);
         let more = upto < room.committed;
@@ -330,6 +334,28 @@ impl ChatApp {
             self.router.to_user_home(port, user, msg);
         }
     }
+}
+
+/// Most read markers a `joined` carries: the highest ones, which are what
+/// "seen by" shows.
+pub(in crate::chat) const MAX_JOINED_READS: usize = 100;
+
+/// Other users' read markers (above 0), highest first, at most
+/// `MAX_JOINED_READS`; ties by user id so the answer is stable.
+fn members_reads(room: &HomeRoom, me: &UserId) -> Vec<(UserId, Seq)> {
+    let mut reads: Vec<(UserId, Seq)> = room
+        .read
+        .iter()
+        .filter(|(u, &seq)| seq > 0 && *u != me)
+        .map(|(u, &seq)| (u.clone(), seq))
+        .collect();
+    let by_seq_desc = |a: &(UserId, Seq), b: &(UserId, Seq)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+    if reads.len() > MAX_JOINED_READS {
+        reads.select_nth_unstable_by(MAX_JOINED_READS - 1, by_seq_desc);
+        reads.truncate(MAX_JOINED_READS);
+    }
+    reads.sort_unstable_by(by_seq_desc);
+    reads
 }
 
 /// Frames after `after` from the ring, at most a page; and the seq reached.

@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub(super) use self::join::{page_bytes, JoinRequest};
+pub(super) use self::join::{page_bytes, JoinRequest, MAX_JOINED_READS};
 
 /// A message frame kept in a room's ring.
 struct RingEntry {
@@ -78,6 +78,8 @@ pub(super) struct HomeRoom {
     pub(super) cluster: super::cluster::ClusterRoom,
     /// Shard clock (ms) of the last publish, join or leave (idle sweep).
     last_active_ms: u64,
+    /// Committed messages per second, for the operator's page.
+    pub(super) rate: super::admin::stats::RateWindow,
 }
 
 impl HomeRoom {
@@ -130,6 +132,7 @@ impl ChatApp {
                 since,
                 id,
                 rejoin,
+                reads,
             } => {
                 let join = JoinRequest {
                     conn: who.conn,
@@ -139,6 +142,7 @@ impl ChatApp {
                     id,
                     rejoin,
                     cluster_members: None,
+                    reads,
                 };
                 if self.cluster.is_some() {
                     self.cluster_join(port, room, join);
@@ -209,6 +213,7 @@ impl ChatApp {
             dm,
             cluster: Default::default(),
             last_active_ms: 0,
+            rate: Default::default(),
         })
     }
 
@@ -336,6 +341,7 @@ impl ChatApp {
         };
         let (seq, ts, frame) = (p.entry.seq, p.entry.ts, p.entry.frame.clone());
         room.committed = seq;
+        room.rate.add(port.now_ms());
         room.ring.push_back(p.entry);
         while room.ring.len() > ring_cap {
             room.ring.pop_front();

@@ -36,6 +36,8 @@ struct Shared {
     queued: AtomicUsize,
     /// Successful group commits (metric).
     commits: AtomicU64,
+    /// Unix time (ms) of the last successful group commit; 0: none yet.
+    last_commit_ms: AtomicU64,
 }
 
 /// Owns the store thread. Keep it in `main` and call [`SqliteStore::shutdown`]
@@ -151,6 +153,7 @@ impl SqliteStore {
             available: AtomicBool::new(true),
             queued: AtomicUsize::new(0),
             commits: AtomicU64::new(0),
+            last_commit_ms: AtomicU64::new(0),
         });
         // A zero-capacity crossbeam channel is a rendezvous: every try_send
         // would fail, so keep at least one slot.
@@ -318,6 +321,12 @@ impl StoreHandle {
     /// Successful group commits since open (metric).
     pub fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    /// Unix time (ms) of the last successful group commit, if any.
+    pub fn last_commit_unix_ms(&self) -> Option<u64> {
+        let ms = self.shared.last_commit_ms.load(Ordering::Relaxed);
+        (ms > 0).then_some(ms)
     }
 
     /// Test/admin hook, blocking: sets `PRAGMA max_page_count` (SQLite never

@@ -277,6 +277,9 @@ impl Worker {
                 }
                 self.pending_reads.clear();
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .last_commit_ms
+                    .store(unix_ms_now(), Ordering::Relaxed);
                 self.nudge_checkpointer();
                 // Availability first, so a shard woken by the reply sees it.
                 self.set_available();
@@ -474,4 +477,11 @@ impl Worker {
             None => Ok(()),
         }
     }
+}
+
+/// Wall-clock Unix time in ms (the store's "last commit" for operators).
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
