@@ -148,6 +148,10 @@ pub struct Common {
     /// Spread sockets over these loopback source addresses, e.g. 127.0.0.2-127.0.0.50 (bound before connect)
     #[arg(long)]
     pub source_ips: Option<String>,
+    /// Connection i joins room i / ceil(C/R) instead of i mod R: a room's members connect one
+    /// after another (as after a reconnect storm), so their joins fall close together
+    #[arg(long)]
+    pub room_blocks: bool,
     /// Connections being set up at once (TCP connect + upgrade + welcome + join)
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: usize,

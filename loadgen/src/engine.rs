@@ -87,16 +87,31 @@ pub struct Config {
     pub ws_ping: bool,
     /// Acks: publishes in flight per connection.
     pub window: usize,
+    /// Rooms in consecutive blocks (connection i joins room i / ceil(C/R)): a room's
+    /// members connect one after another, as after a reconnect storm. Default: i mod R.
+    pub room_blocks: bool,
 }
 
 impl Config {
     /// Room of connection `i`.
     pub fn room_of(&self, i: usize) -> u32 {
-        (i % self.rooms.max(1)) as u32
+        let rooms = self.rooms.max(1);
+        if self.room_blocks {
+            (i / self.block()).min(rooms - 1) as u32
+        } else {
+            (i % rooms) as u32
+        }
+    }
+    /// Connections per room with `room_blocks`.
+    fn block(&self) -> usize {
+        self.conns.div_ceil(self.rooms.max(1)).max(1)
     }
     pub fn is_publisher(&self, i: usize) -> bool {
         match self.mode {
             Mode::Traffic { all_publish: true } | Mode::Ping | Mode::Acks => true,
+            Mode::Traffic { all_publish: false } if self.room_blocks => {
+                i.is_multiple_of(self.block())
+            }
             Mode::Traffic { all_publish: false } => i < self.rooms,
             Mode::Idle => false,
         }

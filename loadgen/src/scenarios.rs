@@ -271,6 +271,7 @@ pub fn build_config(spec: &Spec, c: &Common) -> anyhow::Result<Config> {
         pin: !c.no_pin,
         ws_ping: spec.ws_ping,
         window: spec.window,
+        room_blocks: c.room_blocks,
     })
 }
 
