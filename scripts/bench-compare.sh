@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build-against-build gate: benchmark a git ref (the base) against the working tree (new),
-# alternating the two (ABAB...) so drift on the host hits both sides alike, and print per
+# alternating the two (base new, new base, ...) so drift on the host hits both sides alike, and print per
 # scenario a table of medians (p50/p99/p99.9, saturation, handshakes/s, server CPU...) with
 # the new/base ratio, the noise band and a verdict, plus an SVG overlay of the latency curves.
 #
@@ -12,7 +12,7 @@
 # servers are driven by the working tree's loadgen, so only the server differs.
 #
 # Environment:
-#   ROUNDS=3           runs per side (ABAB: base, new, base, new, ...)
+#   ROUNDS=3           runs per side (alternating: base new, new base, base new, ...)
 #   QUICK=1            short durations (the default here; QUICK=0 for the full ones)
 #   OUT=...            results (default bench-results/compare-<base>-<new>-<date>/)
 #   COMPARE_CACHE=...  base worktrees and builds (default $TMPDIR/corechat-bench-compare)
@@ -20,8 +20,9 @@
 #   CORECHAT_EXTRA, LOADGEN_EXTRA, PORT, SOURCE_IPS: passed to scripts/bench.sh
 #
 # Verdict: a figure is "better"/"worse" when the two medians differ by more than the noise
-# band, the larger relative spread ((max - min) / median) of either side's runs, at least 3%;
-# otherwise "same (within noise)". See docs/BENCH.md.
+# band, the larger relative spread ((max - min) / median) of either side's runs, at least 3%,
+# and no run of one side overlaps the range of the other; otherwise "same (within noise)".
+# Rounds alternate the order (base new, new base, ...). See docs/BENCH.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -58,9 +59,11 @@ NEW_BIN=$TARGET_DIR/release/corechat
 LG=$TARGET_DIR/release/loadgen
 for b in "$BASE_BIN" "$NEW_BIN" "$LG"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }; done
 
-# --- ABAB
+# --- alternate (ABBA...)
 for r in $(seq "$ROUNDS"); do
-  for side in base new; do
+  # counterbalanced (ABBA...): neither side always runs first in a round
+  if [ $((r % 2)) = 1 ]; then order="base new"; else order="new base"; fi
+  for side in $order; do
     if [ "$side" = base ]; then bin=$BASE_BIN; else bin=$NEW_BIN; fi
     echo "== round $r/$ROUNDS: $side ($bin)" >&2
     SERVER_BIN=$bin LOADGEN_BIN=$LG NO_BUILD=1 SHARDS2=0 COMPARE_PREVIOUS=0 \
@@ -71,7 +74,7 @@ done
 
 # --- tables and overlays, computed by loadgen
 {
-  echo "# $BASE_REF ($BASE_SHORT) vs working tree ($NEW_SHORT), $ROUNDS rounds ABAB, QUICK=$QUICK"
+  echo "# $BASE_REF ($BASE_SHORT) vs working tree ($NEW_SHORT), $ROUNDS rounds alternating (base new, new base, ...), QUICK=$QUICK"
   echo
   echo "Host: $(nproc) CPUs, server on CPU 1, loadgen on CPU 0; $(date -u +%Y-%m-%dT%H:%MZ)."
   echo

@@ -1,7 +1,8 @@
 //! `loadgen compare --base DIR... --new DIR...`: the build-against-build gate. Repeated runs of
-//! one scenario on each side (taken alternately, ABAB, by `scripts/bench-compare.sh`) are
+//! one scenario on each side (taken alternately, base new, new base, ..., by `scripts/bench-compare.sh`) are
 //! reduced to medians; the run-to-run spread of each side defines the noise, and each key
-//! figure gets a verdict: better, same (within noise) or worse. An SVG overlays the latency
+//! figure gets a verdict: better or worse when the medians differ by more than the noise and
+//! the two sides' ranges do not overlap, else same (within noise). An SVG overlays the latency
 //! percentile curves of every run of both sides.
 
 use crate::report::{self, Curve};
@@ -83,6 +84,17 @@ impl Row {
             .max(NOISE_FLOOR)
     }
 
+    /// Some run of one side lies within the range of the other side's runs.
+    pub fn ranges_overlap(&self) -> bool {
+        let range = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (lo, hi)
+        };
+        let ((a0, a1), (b0, b1)) = (range(&self.base), range(&self.new));
+        a0 <= b1 && b0 <= a1
+    }
+
     pub fn ratio(&self) -> Option<f64> {
         let (a, b) = (median(&self.base)?, median(&self.new)?);
         if a == 0.0 {
@@ -96,7 +108,7 @@ impl Row {
         let Some(r) = self.ratio() else {
             return Verdict::Missing;
         };
-        if (r - 1.0).abs() <= self.noise() {
+        if (r - 1.0).abs() <= self.noise() || self.ranges_overlap() {
             return Verdict::Same;
         }
         match (r < 1.0, self.better) {
@@ -271,7 +283,7 @@ pub fn compare(base: &[PathBuf], new: &[PathBuf], svg: Option<&Path>) -> anyhow:
             }
         }
         let title = format!(
-            "{scenario}: {} latency by percentile, base vs new",
+            "{scenario} ({}): latency by percentile, base (blue) vs new (red)",
             hist.as_deref().unwrap_or("latency")
         );
         report::draw_curves(&curves, svg, &title, true)?;
@@ -313,6 +325,10 @@ mod tests {
         // throughput down by a tenth with tight runs: worse
         let r = row(&[100.0, 101.0], &[90.0, 90.5], Better::Higher);
         assert_eq!(r.verdict(), Verdict::Worse);
+        // medians far apart, but a new run lies inside the base runs' range
+        let r = row(&[10.0, 10.4, 13.0], &[8.0, 8.1, 10.2], Better::Lower);
+        assert!(r.ranges_overlap());
+        assert_eq!(r.verdict(), Verdict::Same);
         // within the floor
         let r = row(&[100.0], &[102.0], Better::Higher);
         assert_eq!(r.verdict(), Verdict::Same);
