@@ -25,6 +25,7 @@
 #   CORECHAT_EXTRA=... extra server flags (appended)
 #   LOADGEN_EXTRA=...  extra load generator flags (appended to every scenario)
 #   NO_BUILD=1         do not run cargo build
+#   COMPARE_PREVIOUS=0 do not compare with the previous run directory
 #   OUT_DIR=...        where results go (default: bench-results/<git-sha>)
 #   SERVER_BIN=... LOADGEN_BIN=...   binaries to use (default: target/release/{corechat,loadgen})
 set -euo pipefail
@@ -157,7 +158,7 @@ echo
 "$LG" table --markdown "${RAN[@]}" >"$OUT/summary.md"
 echo "results: $OUT (summary.md)"
 
-if [ -n "$PREV" ]; then
+if [ -n "$PREV" ] && [ "${COMPARE_PREVIOUS:-1}" = 1 ]; then
   echo
   echo "== compared with the previous run $PREV"
   for d in "${RAN[@]}"; do

@@ -76,12 +76,24 @@ pub enum Cmd {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         refuse_every: Option<u64>,
     },
-    /// Print the figures and percentiles of two result directories side by side with ratios
+    /// Print the figures and percentiles of two result directories side by side with ratios;
+    /// or, with --base/--new, repeated runs of each side: medians, noise and a verdict per figure
     Compare {
         /// Baseline result directory (with summary.json and *.hgrm)
-        old: PathBuf,
+        #[arg(required_unless_present = "base")]
+        old: Option<PathBuf>,
         /// New result directory
-        new: PathBuf,
+        #[arg(required_unless_present = "base")]
+        new_dir: Option<PathBuf>,
+        /// Gate mode: result directories of repeated baseline runs of one scenario
+        #[arg(long, num_args = 1.., requires = "new")]
+        base: Vec<PathBuf>,
+        /// Gate mode: result directories of repeated runs of the new build
+        #[arg(long, num_args = 1..)]
+        new: Vec<PathBuf>,
+        /// Also write an SVG overlay of both sides' latency percentile curves
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// Print the key figures of several result directories side by side, one table per scenario
     /// (row label: the name of each directory's parent)
@@ -136,6 +148,10 @@ pub struct Common {
     /// Spread sockets over these loopback source addresses, e.g. 127.0.0.2-127.0.0.50 (bound before connect)
     #[arg(long)]
     pub source_ips: Option<String>,
+    /// Connection i joins room i / ceil(C/R) instead of i mod R: a room's members connect one
+    /// after another (as after a reconnect storm), so their joins fall close together
+    #[arg(long)]
+    pub room_blocks: bool,
     /// Connections being set up at once (TCP connect + upgrade + welcome + join)
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: usize,

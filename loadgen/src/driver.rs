@@ -610,6 +610,12 @@ impl Driver {
             total.late += f.late;
             total.untimed += f.untimed;
             total.publish_skipped += f.publish_skipped;
+            if let Some(h) = &f.pacing {
+                let _ = total
+                    .pacing
+                    .get_or_insert_with(crate::stats::new_hist)
+                    .add(h);
+            }
             total.seq_other.merge(&f.seq_other);
             total.other_frames += f.other_frames;
             for (k, v) in f.errors {

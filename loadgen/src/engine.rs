@@ -11,6 +11,7 @@
 //! [`Report`]s going back.
 
 use crate::jwt::Minter;
+use crate::pacer::{self, Timer};
 use crate::proto::{self, Classifier, In, Stage, Target};
 use crate::seq::{SeqCheck, SeqStats, SeqTracker};
 use crate::stats::{new_hist, record_ns, Hist};
@@ -44,6 +45,9 @@ const MAX_BACKLOG: u64 = 10_000;
 
 /// `ThreadShared::rate_milli` value for "no rate cap" (acks: closed loop, bounded by the window).
 pub const RATE_UNLIMITED: u64 = u64::MAX;
+
+/// The poll token of the pacing timer (connections use their slot index).
+const TIMER: Token = Token(usize::MAX - 1);
 
 #[derive(Clone)]
 pub enum Auth {
@@ -89,16 +93,31 @@ pub struct Config {
     pub window: usize,
     /// Offer permessage-deflate and inflate compressed server frames.
     pub deflate: bool,
+    /// Rooms in consecutive blocks (connection i joins room i / ceil(C/R)): a room's
+    /// members connect one after another, as after a reconnect storm. Default: i mod R.
+    pub room_blocks: bool,
 }
 
 impl Config {
     /// Room of connection `i`.
     pub fn room_of(&self, i: usize) -> u32 {
-        (i % self.rooms.max(1)) as u32
+        let rooms = self.rooms.max(1);
+        if self.room_blocks {
+            (i / self.block()).min(rooms - 1) as u32
+        } else {
+            (i % rooms) as u32
+        }
+    }
+    /// Connections per room with `room_blocks`.
+    fn block(&self) -> usize {
+        self.conns.div_ceil(self.rooms.max(1)).max(1)
     }
     pub fn is_publisher(&self, i: usize) -> bool {
         match self.mode {
             Mode::Traffic { all_publish: true } | Mode::Ping | Mode::Acks => true,
+            Mode::Traffic { all_publish: false } if self.room_blocks => {
+                i.is_multiple_of(self.block())
+            }
             Mode::Traffic { all_publish: false } => i < self.rooms,
             Mode::Idle => false,
         }
@@ -210,6 +229,8 @@ pub struct WinStats {
     /// Acks: publishes of this window answered with an error (not counted in `expected`).
     pub errors: u64,
     pub seq: SeqStats,
+    /// Publish pacing error (send time - due time), µs.
+    pub pacing: Hist,
     collected: bool,
 }
 
@@ -222,6 +243,7 @@ impl WinStats {
             published: 0,
             errors: 0,
             seq: SeqStats::default(),
+            pacing: new_hist(),
             collected: false,
         }
     }
@@ -232,6 +254,7 @@ impl WinStats {
         self.published += o.published;
         self.errors += o.errors;
         self.seq.merge(&o.seq);
+        let _ = self.pacing.add(&o.pacing);
     }
 }
 
@@ -265,6 +288,8 @@ pub struct FinalReport {
     pub disconnects: BTreeMap<String, u64>,
     pub other_frames: u64,
     pub cpu_ns: u64,
+    /// Publish pacing error over the whole run (warm-up included), µs.
+    pub pacing: Option<Hist>,
 }
 
 pub enum Report {
@@ -377,6 +402,10 @@ pub struct Worker {
     /// Acks, no rate cap: connections that got a reply and may have room in their window.
     refill: Vec<u32>,
     last_cpu_sample: u64,
+    /// Due time of the next paced publish (CLOCK_MONOTONIC ns); `u64::MAX` when not pacing.
+    next_due: u64,
+    /// Wakes the poll at `next_due` (None if timerfd is unavailable: then the poll timeout).
+    timer: Option<Timer>,
     fin: FinalReport,
 }
 
@@ -501,8 +530,11 @@ impl Worker {
             ping_ring: vec![(0, 0, 0); 4096],
             refill: Vec::new(),
             last_cpu_sample: 0,
+            next_due: u64::MAX,
+            timer: None,
             fin: FinalReport {
                 thread: id,
+                pacing: Some(new_hist()),
                 ..Default::default()
             },
             cfg,
@@ -528,8 +560,27 @@ impl Worker {
 
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
+        pacer::fine_timer_slack();
+        if let Ok(mut t) = Timer::new() {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&t);
+            let ok = self
+                .poll
+                .registry()
+                .register(&mut mio::unix::SourceFd(&fd), TIMER, Interest::READABLE)
+                .is_ok();
+            if ok {
+                t.clear();
+                self.timer = Some(t);
+            }
+        }
         loop {
             let timeout = self.timeout();
+            // armed only before blocking: a busy loop sends its due publishes between events
+            if timeout > Duration::ZERO && self.next_due != u64::MAX {
+                if let Some(t) = self.timer.as_mut() {
+                    let _ = t.arm_at(self.next_due);
+                }
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -537,10 +588,23 @@ impl Worker {
                 panic!("poll: {e}");
             }
             self.now = mono_ns();
+            if self.now >= self.next_due {
+                self.publish_due();
+            }
             for ev in events.iter() {
-                let slot = ev.token().0;
-                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                self.on_event(slot, readable, ev.is_writable());
+                if ev.token() == TIMER {
+                    if let Some(t) = self.timer.as_mut() {
+                        t.clear();
+                    }
+                } else {
+                    let slot = ev.token().0;
+                    let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                    self.on_event(slot, readable, ev.is_writable());
+                }
+                // a publish due during this turn leaves now, not after the whole turn
+                if self.now >= self.next_due {
+                    self.publish_due();
+                }
             }
             if !self.control() {
                 break;
@@ -552,18 +616,20 @@ impl Worker {
         let _ = self.tx.send(Report::Final(Box::new(fin)));
     }
 
+    /// The poll's timeout: the timerfd wakes it for the next due publish; without a timer,
+    /// the due time itself (rounded up to a millisecond by epoll).
     fn timeout(&self) -> Duration {
         let max = Duration::from_millis(5);
-        // no rate cap (acks): publishing is driven by the replies
-        if self.rate <= 0.0 || self.rate.is_infinite() || self.publishers.is_empty() {
+        if self.next_due == u64::MAX {
             return max;
         }
-        let next = self.rate_epoch + (self.rate_sent as f64 * 1e9 / self.rate) as u64;
         let now = mono_ns();
-        if next <= now {
+        if self.next_due <= now {
             Duration::ZERO
+        } else if self.timer.is_some() {
+            max
         } else {
-            Duration::from_nanos(next - now).min(max)
+            Duration::from_nanos(self.next_due - now).min(max)
         }
     }
 
@@ -593,8 +659,9 @@ impl Worker {
             } else {
                 milli as f64 / 1000.0
             };
-            self.rate_epoch = self.now;
+            self.rate_epoch = mono_ns();
             self.rate_sent = 0;
+            self.next_due = u64::MAX;
             self.refill.clear();
             if self.rate.is_infinite() {
                 // closed loop: fill every window now, then top up on each reply
@@ -1291,34 +1358,53 @@ impl Worker {
 
     // ---------------------------------------------------------------- publishing
 
+    /// Due time of publish number `k` since the rate was set: evenly spaced.
+    #[inline]
+    fn due_of(&self, k: u64) -> u64 {
+        self.rate_epoch + (k as f64 * 1e9 / self.rate) as u64
+    }
+
+    /// Send every publish whose due time has passed, each stamped with its own due time for
+    /// the pacing error, and note the next due time (the loop arms the timer for it).
     fn publish_due(&mut self) {
         if self.rate <= 0.0 || self.publishers.is_empty() {
             self.refill.clear();
+            self.next_due = u64::MAX;
             return;
         }
         if self.rate.is_infinite() {
             self.refill_windows();
+            self.next_due = u64::MAX;
             return;
         }
-        let elapsed = self.now.saturating_sub(self.rate_epoch);
-        let due = (elapsed as f64 * self.rate / 1e9) as u64 + 1;
-        let mut n = due.saturating_sub(self.rate_sent);
+        let mut now = mono_ns();
+        let elapsed = now.saturating_sub(self.rate_epoch);
+        let due_count = (elapsed as f64 * self.rate / 1e9) as u64 + 1;
+        let n = due_count.saturating_sub(self.rate_sent);
         if n > MAX_BACKLOG {
             // far behind (the load generator stalled): skip rather than burst
             self.fin.publish_skipped += n - MAX_BACKLOG;
             self.rate_sent += n - MAX_BACKLOG;
-            n = MAX_BACKLOG;
         }
-        while n > 0 {
-            if !self.publish_one() {
+        loop {
+            let due = self.due_of(self.rate_sent);
+            if due > now {
+                self.next_due = due;
+                break;
+            }
+            if !self.publish_one(due) {
                 if self.cfg.mode == Mode::Acks {
                     // every window is full: the rate is a cap, do not catch up later
-                    self.rate_sent += n;
+                    self.rate_sent = due_count.max(self.rate_sent);
+                    self.next_due = self.due_of(self.rate_sent);
+                } else {
+                    // no publisher can take it now (buffers full): retry shortly
+                    self.next_due = now + 100_000;
                 }
                 break;
             }
             self.rate_sent += 1;
-            n -= 1;
+            now = self.now;
         }
     }
 
@@ -1329,14 +1415,14 @@ impl Worker {
         for &slot in &list {
             let slot = slot as usize;
             while self.conns[slot].st == St::Ready && self.conns[slot].inflight.len() < window {
-                self.send_one(slot);
+                self.send_one(slot, None);
             }
         }
         list.clear();
         self.refill = list;
     }
 
-    fn publish_one(&mut self) -> bool {
+    fn publish_one(&mut self, due: u64) -> bool {
         let np = self.publishers.len();
         for _ in 0..np {
             let slot = self.publishers[self.rr % np] as usize;
@@ -1346,18 +1432,29 @@ impl Worker {
                 && c.out.len() < (1 << 20)
                 && (self.cfg.mode != Mode::Acks || c.inflight.len() < self.cfg.window.max(1))
             {
-                self.send_one(slot);
+                self.send_one(slot, Some(due));
                 return true;
             }
         }
         false
     }
 
-    fn send_one(&mut self, slot: usize) {
+    /// Publish (or ping) from connection `slot`; `due` is its paced due time, if paced.
+    fn send_one(&mut self, slot: usize, due: Option<u64>) {
         let id = self.next_id;
         self.next_id += 1;
         let w = self.cur_window;
         let t = mono_ns();
+        self.now = t;
+        if let Some(due) = due {
+            let err = t.saturating_sub(due);
+            if let Some(h) = self.fin.pacing.as_mut() {
+                record_ns(h, err);
+            }
+            if w > 0 && !self.windows[w as usize].collected {
+                record_ns(&mut self.windows[w as usize].pacing, err);
+            }
+        }
         self.pbuf.clear();
         let expected_add;
         if self.cfg.mode == Mode::Ping {

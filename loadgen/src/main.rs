@@ -12,8 +12,24 @@ fn main() {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match &cli.cmd {
-        Cmd::Compare { old, new } => {
-            print!("{}", report::compare_text(old, new)?);
+        Cmd::Compare {
+            old,
+            new_dir,
+            base,
+            new,
+            svg,
+        } => {
+            if base.is_empty() {
+                let (old, new_dir) = (old.as_ref(), new_dir.as_ref());
+                let (old, new_dir) = old.zip(new_dir).expect("clap requires OLD and NEW");
+                print!("{}", report::compare_text(old, new_dir)?);
+                if let Some(svg) = svg {
+                    let (a, b) = (vec![old.clone()], vec![new_dir.clone()]);
+                    print!("\n{}", loadgen::gate::compare(&a, &b, Some(svg))?);
+                }
+            } else {
+                print!("{}", loadgen::gate::compare(base, new, svg.as_deref())?);
+            }
             Ok(())
         }
         Cmd::Table { dirs, markdown } => {

@@ -528,7 +528,7 @@ pub fn nines_label(x: f64) -> String {
     format!("{p:.digits$}%")
 }
 
-fn curve_for(path: &Path, hist: Option<&str>) -> anyhow::Result<Curve> {
+pub fn curve_for(path: &Path, hist: Option<&str>) -> anyhow::Result<Curve> {
     let (file, label) = if path.is_file() {
         (path.to_path_buf(), path.display().to_string())
     } else {
@@ -586,35 +586,50 @@ pub fn plot(
     use plotters::prelude::*;
     let curves = dirs
         .iter()
-        .map(|d| curve_for(d, hist))
+        .enumerate()
+        .map(|(i, d)| Ok((curve_for(d, hist)?, Palette99::pick(i).to_rgba())))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    draw_curves(
+        &curves,
+        svg,
+        title.unwrap_or("latency by percentile"),
+        log_y,
+    )
+}
+
+/// Draw percentile curves, each in its color, into an SVG file.
+pub fn draw_curves(
+    curves: &[(Curve, plotters::style::RGBAColor)],
+    svg: &Path,
+    title: &str,
+    log_y: bool,
+) -> anyhow::Result<()> {
+    use plotters::prelude::*;
     let xmax = curves
         .iter()
-        .flat_map(|c| c.points.iter().map(|p| p.0))
+        .flat_map(|(c, _)| c.points.iter().map(|p| p.0))
         .fold(2.0f64, f64::max)
         .ceil();
     let ymax = curves
         .iter()
-        .flat_map(|c| c.points.iter().map(|p| p.1))
+        .flat_map(|(c, _)| c.points.iter().map(|p| p.1))
         .fold(0.001f64, f64::max)
         * 1.05;
     let ymin = curves
         .iter()
-        .flat_map(|c| c.points.iter().map(|p| p.1))
+        .flat_map(|(c, _)| c.points.iter().map(|p| p.1))
         .filter(|v| *v > 0.0)
         .fold(f64::INFINITY, f64::min)
         .min(ymax / 10.0)
         .max(0.001);
     let root = SVGBackend::new(svg, (1000, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let title = title.unwrap_or("latency by percentile");
     let mut b = ChartBuilder::on(&root);
     b.caption(title, ("sans-serif", 22))
         .margin(15)
         .margin_right(45)
         .x_label_area_size(45)
         .y_label_area_size(70);
-    let colors = |i: usize| Palette99::pick(i).to_rgba();
     macro_rules! draw {
         ($chart:expr) => {{
             let mut chart = $chart;
@@ -626,8 +641,8 @@ pub fn plot(
                 .y_desc("latency (ms)")
                 .draw()
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            for (i, c) in curves.iter().enumerate() {
-                let col = colors(i);
+            for (c, col) in curves.iter() {
+                let col = *col;
                 chart
                     .draw_series(LineSeries::new(
                         c.points.iter().map(|p| (p.0, p.1.max(ymin))),

@@ -272,6 +272,7 @@ pub fn build_config(spec: &Spec, c: &Common) -> anyhow::Result<Config> {
         ws_ping: spec.ws_ping,
         window: spec.window,
         deflate: c.deflate,
+        room_blocks: c.room_blocks,
     })
 }
 
@@ -316,6 +317,10 @@ fn window_json(w: &WindowResult, kind_latency: &str) -> Value {
     });
     let m = v.as_object_mut().expect("object");
     m.insert(kind_latency.into(), p.to_json());
+    m.insert(
+        "pacing_error".into(),
+        crate::pacer::pacing_json(&w.stats.pacing),
+    );
     if let Some(s) = w.server_cpu_secs() {
         m.insert("server_cpu_secs".into(), json!(round3(s)));
         m.insert(
@@ -352,6 +357,7 @@ fn run_json(f: &FinalReport, cpu: &[u64], secs: f64, traffic: bool) -> Value {
         "late_deliveries": f.late,
         "untimed_messages": f.untimed,
         "publish_skipped": f.publish_skipped,
+        "pacing_error": f.pacing.as_ref().map(crate::pacer::pacing_json),
         "seq_outside_windows": { "gaps": f.seq_other.gaps, "missing": f.seq_other.missing, "dups": f.seq_other.dups },
         "server_errors": f.errors,
         "disconnects": f.disconnects,
@@ -640,17 +646,28 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
                     w.stats.expected > 0 && loss < spec.max_loss_pct && p.p99 < spec.max_p99_ms;
                 let lg_sat = w.max_util() > sat;
                 saturated |= lg_sat && pass;
+                let pace_p99_us = if w.stats.pacing.is_empty() {
+                    0.0
+                } else {
+                    w.stats.pacing.value_at_quantile(0.99) as f64
+                };
                 let _ = writeln!(
                     text,
-                    "step {:>6} msg/s: {:>9} deliveries/s, p50 {:>8.2} ms p99 {:>8.2} ms, loss {:.3}%, loadgen {} server {}{}  {}",
+                    "step {:>6} msg/s: {:>9} deliveries/s, p50 {:>8.2} ms p99 {:>8.2} ms, loss {:.3}%, loadgen {} pace p99 {:.0} us server {}{}{}  {}",
                     rate,
                     human(w.deliveries_per_sec()),
                     p.p50,
                     p.p99,
                     loss,
                     fmt_pcts(&w.thread_util),
+                    pace_p99_us,
                     w.server_cpu_pct().map_or("-".into(), |x| format!("{x:.0}%")),
                     if lg_sat { " (loadgen-bound)" } else { "" },
+                    if pace_p99_us > crate::pacer::PACE_LIMIT_US {
+                        " (could not keep pace)"
+                    } else {
+                        ""
+                    },
                     if pass { "PASS" } else { "FAIL" }
                 );
                 let mut sj = window_json(&w, "latency_ms");
@@ -913,6 +930,9 @@ fn write_loadgen_cpu(text: &mut String, w: &WindowResult) {
         "loadgen CPU per thread during the window: {}",
         fmt_pcts(&w.thread_util)
     );
+    if let Some(line) = crate::pacer::pacing_text(&w.stats.pacing) {
+        let _ = writeln!(text, "{line}");
+    }
 }
 
 fn fmt_pcts(u: &[f64]) -> String {

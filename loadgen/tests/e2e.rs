@@ -148,7 +148,55 @@ fn fanout_against_mock_has_no_loss_and_writes_outputs() {
     let t = loadgen::report::compare_text(&dir, &dir).unwrap();
     assert!(t.contains("deliveries_per_sec"));
     assert!(t.contains("1.00x"));
+    // the gate: a run against itself is the same on every row, and the overlay is drawn
+    let svg = dir.join("overlay.svg");
+    let runs = vec![dir.clone(), dir.clone()];
+    let t = loadgen::gate::compare(&runs, &runs, Some(&svg)).unwrap();
+    assert!(t.contains("| latency p99 ms |"), "{t}");
+    assert!(t.contains("| deliveries/s |"), "{t}");
+    assert!(!t.contains("| better |") && !t.contains("| worse |"), "{t}");
+    assert!(std::fs::read_to_string(&svg)
+        .unwrap()
+        .contains("base run 1"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn paced_fanout_reports_its_pacing_error_with_room_blocks() {
+    let m = Mock::start("s3cret");
+    let url = m.url();
+    let o = run_at(
+        "fanout",
+        &url,
+        "s3cret",
+        &[
+            "--conns",
+            "40",
+            "--rooms",
+            "4",
+            "--room-blocks",
+            "--rate",
+            "500",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+        ],
+    )
+    .unwrap();
+    let f = &o.summary["figures"];
+    // rooms in blocks of 10 members, one publisher each: every publish owed to 10
+    let published = f["published"].as_u64().unwrap();
+    assert!(published > 300, "{}", o.summary);
+    assert_eq!(f["expected"].as_u64().unwrap(), published * 10);
+    assert_eq!(f["received"], f["expected"], "{}", o.summary);
+    // one pacing error per publish of the window
+    let pe = &f["pacing_error"];
+    assert_eq!(pe["count"].as_u64().unwrap(), published, "{pe}");
+    assert!(pe["p50_us"].as_f64().unwrap() >= 1.0, "{pe}");
+    assert!(pe["kept_pace"].is_boolean(), "{pe}");
+    assert!(o.text.contains("pacing error (send - due)"), "{}", o.text);
+    assert!(o.summary["run"]["pacing_error"]["count"].as_u64().unwrap() >= published);
 }
 
 #[test]
