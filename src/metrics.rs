@@ -27,10 +27,12 @@ pub enum DisconnectReason {
     Shutdown,
     HttpDone,
     IoError,
+    /// Not TLS, a TLS alert, or a failed handshake (`--tls-cert` only).
+    TlsError,
 }
 
 impl DisconnectReason {
-    pub const ALL: [DisconnectReason; 15] = [
+    pub const ALL: [DisconnectReason; 16] = [
         DisconnectReason::ClientClose,
         DisconnectReason::PeerReset,
         DisconnectReason::Protocol,
@@ -46,6 +48,7 @@ impl DisconnectReason {
         DisconnectReason::Shutdown,
         DisconnectReason::HttpDone,
         DisconnectReason::IoError,
+        DisconnectReason::TlsError,
     ];
 
     pub fn label(self) -> &'static str {
@@ -65,6 +68,7 @@ impl DisconnectReason {
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::HttpDone => "http_done",
             DisconnectReason::IoError => "io_error",
+            DisconnectReason::TlsError => "tls_error",
         }
     }
 
@@ -110,7 +114,8 @@ pub struct ShardMetrics {
     pub accept_errors: AtomicU64,
     pub errors_sent: AtomicU64,
     pub bus_batches_out: AtomicU64,
-    disconnects: [AtomicU64; 15],
+    pub tls_handshakes: AtomicU64,
+    disconnects: [AtomicU64; 16],
     /// Cumulative bucket counts (Prometheus `le` semantics), then +Inf.
     latency_buckets: [AtomicU64; 17],
     latency_sum_us: AtomicU64,
@@ -215,6 +220,10 @@ const HELP: &[(&str, &str)] = &[
         "Batches of messages sent to other shards over the bus, per shard.",
     ),
     (
+        "corechat_tls_handshakes_total",
+        "TLS handshakes completed (--tls-cert), per shard.",
+    ),
+    (
         "corechat_disconnects_total",
         "Connections ended, by shard and reason.",
     ),
@@ -245,7 +254,7 @@ fn header(out: &mut String, name: &str, kind: &str) {
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64)]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     type Getter = fn(&ShardMetrics) -> &AtomicU64;
-    let counters: [(&str, &str, Getter); 15] = [
+    let counters: [(&str, &str, Getter); 16] = [
         ("corechat_connections_open", "gauge", |m| {
             &m.connections_open
         }),
@@ -276,6 +285,9 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64
         ("corechat_errors_sent_total", "counter", |m| &m.errors_sent),
         ("corechat_bus_batches_out_total", "counter", |m| {
             &m.bus_batches_out
+        }),
+        ("corechat_tls_handshakes_total", "counter", |m| {
+            &m.tls_handshakes
         }),
     ];
     for (name, kind, get) in counters {
