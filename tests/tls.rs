@@ -239,3 +239,41 @@ fn unusable_tls_options_are_refused_at_start_with_a_clear_error() {
     assert!(err.contains("does not fit"), "{err}");
     let _ = key;
 }
+
+#[test]
+fn a_reader_that_falls_behind_gets_every_frame_in_order_over_tls() {
+    let dir = common::chat::tempdir();
+    let pair = Pair::generate();
+    let srv = start_tls(
+        dir.path(),
+        &pair,
+        &[
+            "--rate-per-sec",
+            "100000",
+            "--burst",
+            "100000",
+            "--max-outbound-bytes",
+            "33554432",
+        ],
+    );
+    let cfg = client_config(&[&pair.der], &[b"http/1.1"]);
+    let mut alice = WssClient::connect(&srv.addr, &cfg, "alice");
+    let mut bob = WssClient::connect(&srv.addr, &cfg, "bob");
+    alice.join("flood");
+    bob.join("flood");
+    // About 6.4 MB for bob while he reads nothing: far more than the socket
+    // buffers take for a reader that does not read (its receive window
+    // grows only as it reads) plus rustls's 64 KiB, so the server's writes
+    // block and resume on writable events.
+    let body = "y".repeat(8_000);
+    let n = 800;
+    let mut seqs = Vec::with_capacity(n);
+    for i in 0..n {
+        seqs.push(alice.publish("flood", &body, &format!("p{i}"))["seq"].clone());
+    }
+    for seq in seqs {
+        let m = bob.recv_type("message");
+        assert_eq!(m["seq"], seq);
+        assert_eq!(m["body"].as_str().map(str::len), Some(body.len()));
+    }
+}
