@@ -445,12 +445,13 @@ mod tests {
             ("corechat_accept_errors_total", "counter"),
             ("corechat_errors_sent_total", "counter"),
             ("corechat_bus_batches_out_total", "counter"),
+            ("corechat_tls_handshakes_total", "counter"),
             ("corechat_disconnects_total", "counter"),
             ("corechat_fanout_latency_seconds", "histogram"),
             ("corechat_open_fds", "gauge"),
         ] {
             assert!(types.contains(&(name, kind)), "{name} {kind} missing");
         }
-        assert_eq!(types.len(), 18);
+        assert_eq!(types.len(), 19);
     }
 }
