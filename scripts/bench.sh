@@ -22,6 +22,8 @@
 #   SOURCE_IPS=...     loopback source addresses for the load generator
 #                      (default 127.0.0.2-127.0.0.250: keeps every address under corechat's
 #                      per-IP caps and the ephemeral port range out of the way)
+#   TLS=1              serve https:// and wss:// (a throw-away self-signed certificate made with
+#                      openssl) and have the load generator speak wss:// (--tls-ca)
 #   CORECHAT_EXTRA=... extra server flags (appended)
 #   LOADGEN_EXTRA=...  extra load generator flags (appended to every scenario)
 #   NO_BUILD=1         do not run cargo build
@@ -63,6 +65,19 @@ if SHA=$(git rev-parse --short=12 HEAD 2>/dev/null); then
   if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then SHA="$SHA-dirty"; fi
 else
   SHA="nogit-$(date +%Y%m%d-%H%M%S)"
+fi
+TLS=${TLS:-0}
+SCHEME=ws
+TLS_SERVER=() TLS_LOADGEN=()
+if [ "$TLS" = 1 ]; then
+  command -v openssl >/dev/null || { echo "TLS=1 needs openssl to make a test certificate" >&2; exit 1; }
+  TLS_DIR=$(mktemp -d /tmp/corechat-bench-tls.XXXXXX)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>/dev/null
+  SCHEME=wss
+  TLS_SERVER=(--tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem")
+  TLS_LOADGEN=(--tls-ca "$TLS_DIR/cert.pem")
 fi
 RESULTS=$ROOT/bench-results
 OUT=${OUT_DIR:-$RESULTS/$SHA}
@@ -115,7 +130,7 @@ start_server() {
   # single publishers send up to 12,800 msg/s in the ramp: lift the per-connection rate limit;
   # the per-IP caps stay at their defaults (the load generator spreads over SOURCE_IPS)
   SERVER_ARGS=(serve --listen "127.0.0.1:$PORT" --shards "$shards" --store memory --data-dir "$data"
-    --jwt-secret "$SECRET" --rate-per-sec 1000000 --burst 1000000)
+    --jwt-secret "$SECRET" --rate-per-sec 1000000 --burst 1000000 "${TLS_SERVER[@]}")
   # shellcheck disable=SC2206
   [ -n "${CORECHAT_EXTRA:-}" ] && SERVER_ARGS+=($CORECHAT_EXTRA)
   if [ "$pinned" = 1 ]; then
@@ -139,7 +154,7 @@ run_one() {
   start_server "$dir/server.log" "$pinned" "$shards"
   echo "== $s ($cmd) shards=$shards -> $dir" >&2
   # shellcheck disable=SC2046,SC2086
-  taskset -c 0 "$LG" "$cmd" --url "ws://127.0.0.1:$PORT/ws" --target corechat \
+  taskset -c 0 "$LG" "$cmd" --url "$SCHEME://127.0.0.1:$PORT/ws" "${TLS_LOADGEN[@]}" --target corechat \
     --jwt-secret "$SECRET" --source-ips "$SOURCE_IPS" --server-pid "$SERVER_PID" \
     --server-flags "$SERVER_DESC" --out "$dir" $(scn_quick "$s") ${LOADGEN_EXTRA:-} \
     2> >(tee "$dir/loadgen.stderr" >&2) | tee "$dir/loadgen.txt" || echo "!! $s failed (see $dir)" >&2

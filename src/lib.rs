@@ -8,7 +8,8 @@
 //! shards), `protocol` (request parsing), `store` (durable SQLite history),
 //! `auth` (JWT), `limits` (admission and rate limits), `metrics`
 //! (Prometheus), `config` (CLI, env and file), `server` (start-up and
-//! shutdown), `web_assets` (the bundled browser client).
+//! shutdown), `tls` (certificates for
+//! https:// and wss://), `web_assets` (the bundled browser client).
 
 #![forbid(unsafe_code)]
 
@@ -26,5 +27,6 @@ pub mod protocol;
 pub mod reactor;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod web_assets;
 pub mod ws;

@@ -27,10 +27,12 @@ pub enum DisconnectReason {
     Shutdown,
     HttpDone,
     IoError,
+    /// Not TLS, a TLS alert, or a failed handshake (`--tls-cert` only).
+    TlsError,
 }
 
 impl DisconnectReason {
-    pub const ALL: [DisconnectReason; 15] = [
+    pub const ALL: [DisconnectReason; 16] = [
         DisconnectReason::ClientClose,
         DisconnectReason::PeerReset,
         DisconnectReason::Protocol,
@@ -46,6 +48,7 @@ impl DisconnectReason {
         DisconnectReason::Shutdown,
         DisconnectReason::HttpDone,
         DisconnectReason::IoError,
+        DisconnectReason::TlsError,
     ];
 
     pub fn label(self) -> &'static str {
@@ -65,6 +68,7 @@ impl DisconnectReason {
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::HttpDone => "http_done",
             DisconnectReason::IoError => "io_error",
+            DisconnectReason::TlsError => "tls_error",
         }
     }
 
@@ -112,7 +116,8 @@ pub struct ShardMetrics {
     pub bus_batches_out: AtomicU64,
     pub broker_gap_frames: AtomicU64,
     pub frames_compressed: AtomicU64,
-    disconnects: [AtomicU64; 15],
+    pub tls_handshakes: AtomicU64,
+    disconnects: [AtomicU64; 16],
     /// Cumulative bucket counts (Prometheus `le` semantics), then +Inf.
     latency_buckets: [AtomicU64; 17],
     latency_sum_us: AtomicU64,
@@ -225,6 +230,10 @@ const HELP: &[(&str, &str)] = &[
         "Server frames compressed (permessage-deflate): once per room message, shared by its members.",
     ),
     (
+        "corechat_tls_handshakes_total",
+        "TLS handshakes completed (--tls-cert), per shard.",
+    ),
+    (
         "corechat_disconnects_total",
         "Connections ended, by shard and reason.",
     ),
@@ -255,7 +264,7 @@ fn header(out: &mut String, name: &str, kind: &str) {
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64)]) -> String {
     let mut out = String::with_capacity(8 * 1024);
     type Getter = fn(&ShardMetrics) -> &AtomicU64;
-    let counters: [(&str, &str, Getter); 17] = [
+    let counters: [(&str, &str, Getter); 18] = [
         ("corechat_connections_open", "gauge", |m| {
             &m.connections_open
         }),
@@ -292,6 +301,9 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64
         }),
         ("corechat_frames_compressed_total", "counter", |m| {
             &m.frames_compressed
+        }),
+        ("corechat_tls_handshakes_total", "counter", |m| {
+            &m.tls_handshakes
         }),
     ];
     for (name, kind, get) in counters {
@@ -451,12 +463,13 @@ mod tests {
             ("corechat_errors_sent_total", "counter"),
             ("corechat_bus_batches_out_total", "counter"),
             ("corechat_frames_compressed_total", "counter"),
+            ("corechat_tls_handshakes_total", "counter"),
             ("corechat_disconnects_total", "counter"),
             ("corechat_fanout_latency_seconds", "histogram"),
             ("corechat_open_fds", "gauge"),
         ] {
             assert!(types.contains(&(name, kind)), "{name} {kind} missing");
         }
-        assert_eq!(types.len(), 20);
+        assert_eq!(types.len(), 21);
     }
 }

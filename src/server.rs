@@ -12,9 +12,10 @@ use crate::limits::IpLimiter;
 use crate::metrics::ShardMetrics;
 use crate::reactor::{Shard, Shared, WAKER};
 use crate::store::{self, SqliteStore, StoreConfig};
+use crate::tls::{CertStore, TlsError};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub enum ServerError {
     Store(#[from] store::StoreError),
     #[error("broker: {0}")]
     Broker(#[from] crate::broker::BrokerError),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot read the public key {path}: {source}")]
     PublicKey {
         path: std::path::PathBuf,
@@ -173,6 +176,11 @@ where
     A: App + Send + 'static,
 {
     let n = apps.len();
+    let certs = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(CertStore::load(cert, key)?)),
+        _ => None,
+    };
+    let tls = certs.as_ref().map(|c| c.server_config()).transpose()?;
     // The first listener fixes the port (which may be 0: any free port);
     // the others bind the same address.
     let first = reuseport_listener(cfg.listen, cfg.backlog)?;
@@ -200,6 +208,7 @@ where
         shutdown: Default::default(),
         started: Instant::now(),
         cfg: cfg.clone(),
+        tls,
     });
 
     let cores = if cfg.pin {
@@ -226,10 +235,11 @@ where
     }
     // Tests and scripts read this line to learn the port.
     let plural = if n == 1 { "shard" } else { "shards" };
-    println!("corechat listening on {addr} ({n} {plural})");
-    tracing::info!(%addr, shards = n, node = %cfg.node_id, "listening");
+    let scheme = if certs.is_some() { " with TLS" } else { "" };
+    println!("corechat listening on {addr}{scheme} ({n} {plural})");
+    tracing::info!(%addr, shards = n, node = %cfg.node_id, tls = certs.is_some(), "listening");
 
-    wait_for_signal(&shared, &threads)?;
+    wait_for_signal(&shared, &threads, certs.as_deref())?;
     shared.shutdown.store(true, Ordering::SeqCst);
     for link in links.iter() {
         let _ = link.waker.wake();
@@ -253,12 +263,15 @@ where
 }
 
 /// Blocks until SIGTERM or SIGINT (or every shard has stopped on its own).
+/// SIGHUP reloads the TLS certificate: new handshakes get the new one, open
+/// connections keep theirs; a pair that does not load leaves the old one.
 fn wait_for_signal(
     shared: &Shared,
     threads: &[std::thread::JoinHandle<()>],
+    certs: Option<&CertStore>,
 ) -> Result<(), ServerError> {
     let mut poll = Poll::new()?;
-    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     poll.registry()
         .register(&mut signals, Token(0), Interest::READABLE)?;
     let mut events = Events::with_capacity(4);
@@ -268,12 +281,26 @@ fn wait_for_signal(
                 return Err(e.into());
             }
         }
-        if let Some(sig) = signals.pending().next() {
+        for sig in signals.pending() {
+            if sig == SIGHUP {
+                reload_certificate(certs);
+                continue;
+            }
             tracing::info!(signal = sig, "shutting down: closing connections with 1001");
             return Ok(());
         }
         if threads.iter().all(|t| t.is_finished()) || shared.shutdown.load(Ordering::Relaxed) {
             return Ok(());
+        }
+    }
+}
+
+fn reload_certificate(certs: Option<&CertStore>) {
+    match certs.map(CertStore::reload) {
+        None => tracing::info!("SIGHUP: no --tls-cert, nothing to reload"),
+        Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+        Some(Err(e)) => {
+            tracing::error!("SIGHUP: TLS certificate not reloaded, keeping the old one: {e}")
         }
     }
 }

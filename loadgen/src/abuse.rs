@@ -53,6 +53,10 @@ impl Target {
     fn from_args(a: &AbuseArgs) -> anyhow::Result<Target> {
         let c = &a.common;
         let url = WsUrl::parse(&c.url)?;
+        anyhow::ensure!(
+            !url.tls,
+            "abuse speaks plain ws:// only (its shapes are TCP-level)"
+        );
         let addr = url.resolve()?;
         let source_ips = match &c.source_ips {
             Some(s) => parse_source_ips(s)?,

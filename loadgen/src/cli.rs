@@ -127,9 +127,15 @@ pub enum Cmd {
 /// Options shared by every scenario.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// WebSocket URL of the server (socketio: the path defaults to /socket.io/?EIO=4&transport=websocket)
+    /// WebSocket URL of the server, ws:// or wss:// (socketio: the path defaults to /socket.io/?EIO=4&transport=websocket)
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws", env = "LOADGEN_URL")]
     pub url: String,
+    /// wss://: trust the PEM certificate(s) in this file (the server's own, or its CA)
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// wss://: accept any server certificate (self-signed test certificates)
+    #[arg(long)]
+    pub tls_insecure: bool,
     /// Protocol dialect of the server
     #[arg(long, value_enum, default_value_t = Target::Corechat)]
     pub target: Target,
@@ -452,24 +458,28 @@ pub struct AbuseArgs {
     pub normal_interval_ms: u64,
 }
 
-/// A parsed ws:// URL.
+/// A parsed ws:// or wss:// URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsUrl {
     pub host: String,
     pub port: u16,
     pub path: String,
+    /// wss:// (or https://): TLS.
+    pub tls: bool,
 }
 
 impl WsUrl {
     pub fn parse(url: &str) -> anyhow::Result<WsUrl> {
-        let rest = if let Some(r) = url.strip_prefix("ws://") {
-            r
-        } else if url.starts_with("wss://") {
-            anyhow::bail!("wss:// is not supported (benchmarks run over plain loopback TCP)")
+        let (rest, tls) = if let Some(r) = url.strip_prefix("ws://") {
+            (r, false)
+        } else if let Some(r) = url.strip_prefix("wss://") {
+            (r, true)
         } else if let Some(r) = url.strip_prefix("http://") {
-            r
+            (r, false)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (r, true)
         } else {
-            url
+            (url, false)
         };
         let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -486,12 +496,18 @@ impl WsUrl {
                 None => (hostport.to_string(), ""),
             }
         };
-        let port = if port.is_empty() { 80 } else { port.parse()? };
+        let default_port = if tls { 443 } else { 80 };
+        let port = if port.is_empty() {
+            default_port
+        } else {
+            port.parse()?
+        };
         anyhow::ensure!(!host.is_empty(), "no host in {url}");
         Ok(WsUrl {
             host,
             port,
             path: path.to_string(),
+            tls,
         })
     }
 
@@ -636,7 +652,8 @@ mod tests {
             WsUrl {
                 host: "127.0.0.1".into(),
                 port: 9101,
-                path: "/ws".into()
+                path: "/ws".into(),
+                tls: false,
             }
         );
         assert_eq!(u.host_header(), "127.0.0.1:9101");
@@ -648,7 +665,10 @@ mod tests {
             ("::1", 8080, "/ws")
         );
         assert_eq!(u.host_header(), "[::1]:8080");
-        assert!(WsUrl::parse("wss://x/ws").is_err());
+        let u = WsUrl::parse("wss://localhost/ws").unwrap();
+        assert_eq!((u.port, u.tls), (443, true));
+        let u = WsUrl::parse("wss://127.0.0.1:9443/ws").unwrap();
+        assert_eq!((u.port, u.tls, u.path.as_str()), (9443, true, "/ws"));
     }
 
     #[test]

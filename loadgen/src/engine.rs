@@ -16,6 +16,7 @@ use crate::proto::{self, Classifier, In, Stage, Target};
 use crate::seq::{SeqCheck, SeqStats, SeqTracker};
 use crate::stats::{new_hist, record_ns, Hist};
 use crate::sys::{mono_ns, thread_cpu_ns, unix_ms};
+use crate::tls::{self, TlsClient};
 use crate::ws::{self, OpCode, Parse, Upgrade};
 use base64::Engine as _;
 use corechat_wire::deflate::Inflater;
@@ -74,6 +75,8 @@ pub enum Mode {
 pub struct Config {
     pub target: Target,
     pub addr: SocketAddr,
+    /// wss://: every connection speaks TLS.
+    pub tls: Option<TlsClient>,
     pub host: String,
     pub path: String,
     pub auth: Auth,
@@ -324,6 +327,8 @@ enum St {
 
 struct Conn {
     stream: Option<TcpStream>,
+    /// wss://: the TLS session over `stream` (None on the plain path).
+    tls: Option<Box<rustls::ClientConnection>>,
     st: St,
     room: u32,
     publisher: bool,
@@ -444,6 +449,30 @@ fn write_some(s: &mut TcpStream, data: &[u8]) -> (usize, Option<Reason>) {
     (off, None)
 }
 
+/// `write_some` through TLS: plaintext rustls took (its buffer is bounded).
+fn tls_write_some(
+    tls: &mut rustls::ClientConnection,
+    s: &mut TcpStream,
+    data: &[u8],
+) -> (usize, Option<Reason>) {
+    if let Err(e) = tls::flush(tls, s) {
+        return (0, Some(io_reason(&e)));
+    }
+    let mut off = 0;
+    while off < data.len() {
+        match tls::write(tls, s, &data[off..]) {
+            Ok(0) => break,
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return (off, Some(io_reason(&e))),
+        }
+        if tls.wants_write() {
+            break; // the socket is full: the rest waits for writable
+        }
+    }
+    (off, None)
+}
+
 fn io_reason(e: &io::Error) -> Reason {
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => "connection refused".into(),
@@ -467,6 +496,7 @@ impl Worker {
                 let i = id + j * t;
                 Conn {
                     stream: None,
+                    tls: None,
                     st: St::New,
                     room: cfg.room_of(i),
                     publisher: cfg.is_publisher(i),
@@ -818,6 +848,15 @@ impl Worker {
                     self.close(slot, io_reason(&e));
                     return;
                 }
+                if let Some(client) = &self.cfg.tls {
+                    match client.connection() {
+                        Ok(c) => self.conns[slot].tls = Some(Box::new(c)),
+                        Err(e) => {
+                            self.close(slot, format!("tls: {e}").into());
+                            return;
+                        }
+                    }
+                }
                 self.conns[slot].stream = Some(s);
             }
             Err(e) => self.close(slot, io_reason(&e)),
@@ -942,7 +981,10 @@ impl Worker {
                 }
             }
             _ => {
-                if writable && !self.conns[slot].out.is_empty() {
+                let c = &self.conns[slot];
+                if writable
+                    && (!c.out.is_empty() || c.tls.as_ref().is_some_and(|t| t.wants_write()))
+                {
                     self.flush(slot);
                 }
             }
@@ -960,7 +1002,10 @@ impl Worker {
             c.out.extend_from_slice(data);
             return;
         }
-        let (off, err) = write_some(s, data);
+        let (off, err) = match c.tls.as_deref_mut() {
+            None => write_some(s, data),
+            Some(t) => tls_write_some(t, s, data),
+        };
         if let Some(e) = err {
             self.close(slot, e);
             return;
@@ -973,7 +1018,10 @@ impl Worker {
     fn flush(&mut self, slot: usize) {
         let c = &mut self.conns[slot];
         let Some(s) = c.stream.as_mut() else { return };
-        let (off, err) = write_some(s, &c.out);
+        let (off, err) = match c.tls.as_deref_mut() {
+            None => write_some(s, &c.out),
+            Some(t) => tls_write_some(t, s, &c.out),
+        };
         if let Some(e) = err {
             self.close(slot, e);
             return;
@@ -1007,6 +1055,7 @@ impl Worker {
         if let Some(mut s) = c.stream.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
+        c.tls = None;
         c.pending = Vec::new();
         c.out = Vec::new();
         c.frag = None;
@@ -1042,9 +1091,11 @@ impl Worker {
                 buf.resize(buf.len() * 2, 0);
             }
             let space = buf.len() - filled;
-            let r = match self.conns[slot].stream.as_mut() {
-                Some(s) => s.read(&mut buf[filled..]),
-                None => break,
+            let c = &mut self.conns[slot];
+            let r = match (c.stream.as_mut(), c.tls.as_deref_mut()) {
+                (Some(s), None) => s.read(&mut buf[filled..]),
+                (Some(s), Some(t)) => tls::read(t, s, &mut buf[filled..]),
+                (None, _) => break,
             };
             match r {
                 Ok(0) => {

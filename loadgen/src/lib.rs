@@ -16,4 +16,5 @@ pub mod scenarios;
 pub mod seq;
 pub mod stats;
 pub mod sys;
+pub mod tls;
 pub mod ws;

@@ -7,6 +7,7 @@ use crate::jwt::Minter;
 use crate::proto::Target;
 use crate::stats::{hgrm, round3, Hist, Pcts};
 use crate::sys;
+use crate::tls::TlsClient;
 use anyhow::Context;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -253,9 +254,18 @@ pub fn build_config(spec: &Spec, c: &Common) -> anyhow::Result<Config> {
             "--rate must be >= 0 (0 = no cap)"
         );
     }
+    let tls = match url.tls {
+        true => Some(TlsClient::new(
+            &url.host,
+            c.tls_ca.as_deref(),
+            c.tls_insecure,
+        )?),
+        false => None,
+    };
     Ok(Config {
         target: c.target,
         addr,
+        tls,
         host: url.host_header(),
         path: c.target.path(&url.path),
         auth,

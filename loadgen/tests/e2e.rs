@@ -643,6 +643,19 @@ fn corechat_metric(addr: &str, name: &str) -> f64 {
 fn fanout_with_deflate_inflates_every_delivery_from_corechat() {
     let srv = Corechat::start(
         "zip-secret",
+/// wss://: fanout and idle against corechat with `--tls-cert`, the
+/// certificate checked with `--tls-ca` (and not checked with
+/// `--tls-insecure`); a wss:// URL with neither is refused.
+#[test]
+fn fanout_and_idle_over_wss_against_corechat_tls() {
+    let dir = std::env::temp_dir().join(format!("loadgen-e2e-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let srv = Corechat::start(
+        "tls-secret",
         &[
             "--store",
             "memory",
@@ -671,6 +684,32 @@ fn fanout_with_deflate_inflates_every_delivery_from_corechat() {
             "1.5",
             "--warmup",
             "0.5",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let port = srv.addr.rsplit(':').next().unwrap();
+    let url = format!("wss://localhost:{port}/ws");
+    let ca = cert.to_str().unwrap();
+    let o = run_at(
+        "fanout",
+        &url,
+        "tls-secret",
+        &[
+            "--tls-ca",
+            ca,
+            "--conns",
+            "50",
+            "--rooms",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
         ],
     )
     .unwrap();
@@ -690,4 +729,38 @@ fn fanout_with_deflate_inflates_every_delivery_from_corechat() {
         compressed, publishes,
         "one compression per published message"
     );
+    assert_eq!(f["connect"]["ready"], 50, "{}", o.summary);
+    let published = f["published"].as_u64().unwrap();
+    assert!(published > 0, "{}", o.summary);
+    assert_eq!(f["received"], f["expected"], "{}", o.summary);
+    assert_eq!(f["expected"].as_u64().unwrap(), published * 25);
+    assert_eq!(f["seq_gaps"], 0);
+
+    let ip_url = format!("wss://127.0.0.1:{port}/ws");
+    let o = run_at(
+        "idle",
+        &ip_url,
+        "tls-secret",
+        &[
+            "--tls-insecure",
+            "--conns",
+            "40",
+            "--rooms",
+            "4",
+            "--hold",
+            "0.5",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        o.summary["figures"]["connect"]["ready"], 40,
+        "{}",
+        o.summary
+    );
+
+    match run_at("idle", &url, "tls-secret", &["--conns", "1"]) {
+        Err(err) => assert!(format!("{err:#}").contains("--tls-ca"), "{err:#}"),
+        Ok(_) => panic!("wss:// without --tls-ca or --tls-insecure must be refused"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

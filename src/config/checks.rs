@@ -42,6 +42,15 @@ pub(super) fn readable_file(p: &Option<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
+/// `--tls-cert` and `--tls-key` come together or not at all.
+pub(super) fn tls_pair(cert: &Option<PathBuf>, key: &Option<PathBuf>) -> Result<(), ConfigError> {
+    match (cert, key) {
+        (Some(_), None) => Err(invalid("tls-key", "is required with --tls-cert")),
+        (None, Some(_)) => Err(invalid("tls-cert", "is required with --tls-key")),
+        _ => Ok(()),
+    }
+}
+
 #[allow(clippy::ptr_arg)]
 pub(super) fn node_id(id: &String) -> Result<(), String> {
     if valid_node_id(id) {

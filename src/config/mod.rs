@@ -222,6 +222,11 @@ options! {
     /// Address to listen on
     listen: SocketAddr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8080)), "listen", "ADDR",
         default_doc("0.0.0.0:8080, or 127.0.0.1:8080 without --jwt-secret/--jwt-public-key");
+    /// TLS certificate chain (PEM); with --tls-key the listener serves https:// and wss://
+    tls_cert: Option<PathBuf> = None, "tls-cert", "FILE", default_doc("none: plain http:// and ws://"),
+        check(readable_file);
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert; SIGHUP reloads both
+    tls_key: Option<PathBuf> = None, "tls-key", "FILE", check(readable_file);
     /// Reactor threads, one per core
     shards: usize = default_shards(), "shards", "N",
         default_doc("number of CPUs"), check(shard_count);
@@ -629,6 +634,7 @@ impl Config {
     /// call, naming the option.
     pub fn validate(&self) -> Result<(), ConfigError> {
         Opts::new().check(self)?;
+        tls_pair(&self.tls_cert, &self.tls_key)?;
         if self.max_body_bytes > self.max_frame_bytes {
             return Err(invalid(
                 "max-body-bytes",

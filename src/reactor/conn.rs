@@ -2,9 +2,9 @@
 //! read buffer, no assembly buffer and an empty (unallocated) send queue.
 
 use super::deflate::ConnDeflate;
+use super::transport::Transport;
 use crate::ws::Assembler;
 use bytes::Bytes;
-use mio::net::TcpStream;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
@@ -22,7 +22,8 @@ pub enum Phase {
 }
 
 pub struct Conn<S> {
-    pub sock: TcpStream,
+    /// The socket, plain or behind TLS.
+    pub io: Transport,
     /// Unique on this shard (slab keys are reused, ids are not), so bus
     /// messages addressed to a closed connection cannot reach its successor.
     pub id: u64,
@@ -72,9 +73,9 @@ pub struct Conn<S> {
 }
 
 impl<S> Conn<S> {
-    pub fn new(sock: TcpStream, id: u64, ip: IpAddr, now_ms: u64) -> Self {
+    pub fn new(io: Transport, id: u64, ip: IpAddr, now_ms: u64) -> Self {
         Conn {
-            sock,
+            io,
             id,
             ip,
             phase: Phase::Http,

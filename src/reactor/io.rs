@@ -4,6 +4,7 @@
 use super::conn::Phase;
 use super::core::{Core, CLOSE_GRACE_MS, HELD_INPUT_MAX};
 use super::deflate;
+use super::transport::TlsEvents;
 use super::Shard;
 use crate::app::{App, Port};
 use crate::http::{self, Request, Response};
@@ -12,7 +13,7 @@ use crate::metrics::{self, DisconnectReason};
 use crate::ws::{self, close_code, Assembled, Assembler, CloseError, OpCode, Parse};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 
 /// Shared read buffer per shard; large so one syscall takes many frames.
@@ -45,9 +46,14 @@ impl<A: App> Shard<A> {
             if conn.awaiting_reply || conn.reads_paused || conn.phase == Phase::Draining {
                 return;
             }
-            match conn.sock.read(&mut self.read_buf) {
+            let mut tls = TlsEvents::default();
+            let result = conn.io.read(&mut self.read_buf, &mut tls);
+            if tls != TlsEvents::default() {
+                self.on_tls_events(key, tls);
+            }
+            match result {
                 Ok(0) => {
-                    let reason = if conn.close_sent {
+                    let reason = if self.core.conns[key].close_sent {
                         DisconnectReason::ClientClose
                     } else {
                         DisconnectReason::PeerReset
@@ -79,7 +85,12 @@ impl<A: App> Shard<A> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
-                    self.remove(key, DisconnectReason::IoError);
+                    let reason = if tls.failed {
+                        DisconnectReason::TlsError
+                    } else {
+                        DisconnectReason::IoError
+                    };
+                    self.remove(key, reason);
                     return;
                 }
             }
@@ -87,6 +98,16 @@ impl<A: App> Shard<A> {
         // Budget used up with data possibly left: come back next turn.
         if self.core.conns.contains(key) {
             self.core.reread.push(key);
+        }
+    }
+
+    /// Counts TLS handshakes; sends out what the handshake left to send.
+    fn on_tls_events(&mut self, key: usize, tls: TlsEvents) {
+        if tls.handshake_done {
+            metrics::inc(&self.core.metrics.tls_handshakes);
+        }
+        if self.core.conns[key].io.wants_write() {
+            self.core.mark_dirty(key);
         }
     }
 
@@ -546,8 +567,9 @@ impl<A: App> Shard<A> {
             return;
         };
         let mut written_total = 0u64;
-        let mut failed = false;
-        while !conn.out.is_empty() {
+        // TLS records left from the handshake or an earlier turn go first.
+        let mut failed = conn.io.wants_write() && conn.io.flush_records().is_err();
+        while !failed && !conn.out.is_empty() {
             let slices: SmallVec<[IoSlice<'_>; INLINE_IOVECS]> = conn
                 .out
                 .iter()
@@ -558,7 +580,7 @@ impl<A: App> Shard<A> {
                     IoSlice::new(&frame[start..])
                 })
                 .collect();
-            let result = conn.sock.write_vectored(&slices);
+            let result = conn.io.write_vectored(&slices);
             drop(slices);
             match result {
                 Ok(0) => {
@@ -598,7 +620,7 @@ impl<A: App> Shard<A> {
             // next to the writev it goes with.
             conn.out = VecDeque::new();
         }
-        let drained = conn.out.is_empty();
+        let drained = conn.out.is_empty() && !conn.io.wants_write();
         let phase = conn.phase;
         let slow = phase == Phase::Ws && conn.out_bytes > self.core.shared.cfg.max_outbound_bytes;
         if !failed && !slow {

@@ -17,9 +17,11 @@ mod conn;
 mod core;
 mod deflate;
 mod io;
+mod transport;
 
 use self::conn::{Conn, Phase};
 use self::core::Core;
+use self::transport::Transport;
 use crate::app::{App, Port};
 use crate::bus::ShardLink;
 use crate::config::Config;
@@ -53,6 +55,8 @@ pub struct Shared {
     pub metrics: Vec<Arc<ShardMetrics>>,
     pub shutdown: AtomicBool,
     pub started: Instant,
+    /// With `--tls-cert`: every connection speaks TLS (https://, wss://).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 pub struct Shard<A: App> {
@@ -296,23 +300,33 @@ impl<A: App> Shard<A> {
         }
     }
 
-    fn add_conn(&mut self, mut sock: TcpStream, ip: IpAddr) {
+    fn add_conn(&mut self, sock: TcpStream, ip: IpAddr) {
         if let Err(e) = sock.set_nodelay(true) {
             tracing::debug!("set_nodelay: {e}");
         }
+        let mut io = match &self.core.shared.tls {
+            None => Transport::Plain(sock),
+            Some(config) => match Transport::tls(sock, config) {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::warn!("tls: {e}");
+                    return;
+                }
+            },
+        };
         let id = self.core.next_conn_id;
         self.core.next_conn_id += 1;
         let entry = self.core.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.core.registry.register(
-            &mut sock,
+            io.socket(),
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             tracing::debug!("register: {e}");
             return;
         }
-        entry.insert(Conn::new(sock, id, ip, self.core.now_ms));
+        entry.insert(Conn::new(io, id, ip, self.core.now_ms));
         metrics::inc(&self.core.metrics.connections_total);
         metrics::inc(&self.core.metrics.connections_open);
     }
@@ -325,7 +339,8 @@ impl<A: App> Shard<A> {
         let conn_ref = self.core.conn_ref(key);
         let mut conn = self.core.conns.remove(key);
         self.core.held_input -= conn.inbuf.capacity();
-        let _ = self.core.registry.deregister(&mut conn.sock);
+        conn.io.close_notify();
+        let _ = self.core.registry.deregister(conn.io.socket());
         if conn.ip_counted {
             self.core
                 .shared

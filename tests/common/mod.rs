@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod raw;
 pub mod redis;
+pub mod tls;
 
 use corechat::auth::{now_secs, Authenticator};
 use serde_json::Value;
