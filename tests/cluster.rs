@@ -45,12 +45,28 @@ fn join(c: &mut Client, room: &str, since: Option<u64>) -> Value {
 
 /// Message seqs of `room` until `last` is seen (or the timeout).
 fn messages_until(c: &mut Client, room: &str, last: u64, timeout: Duration) -> Vec<u64> {
+    let (seqs, dropped) = read_seqs(c, room, Some(last), timeout);
+    assert!(!dropped, "the connection dropped after {seqs:?}");
+    seqs
+}
+
+/// Message seqs of `room` until the connection drops.
+fn messages_until_dropped(c: &mut Client, room: &str, timeout: Duration) -> Vec<u64> {
+    let (seqs, dropped) = read_seqs(c, room, None, timeout);
+    assert!(dropped, "the connection never dropped");
+    seqs
+}
+
+/// Reads `room`'s message seqs until `last` (if given), the timeout, or
+/// the connection dropping (then true).
+fn read_seqs(c: &mut Client, room: &str, last: Option<u64>, timeout: Duration) -> (Vec<u64>, bool) {
     let deadline = Instant::now() + timeout;
     let mut seqs = Vec::new();
     c.ws.get_ref()
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    while Instant::now() < deadline && seqs.last() != Some(&last) {
+    let mut dropped = false;
+    while Instant::now() < deadline && (last.is_none() || seqs.last() != last.as_ref()) {
         match c.ws.read() {
             Ok(tungstenite::Message::Text(t)) => {
                 let v: Value = serde_json::from_str(&t).unwrap();
@@ -64,13 +80,18 @@ fn messages_until(c: &mut Client, room: &str, last: u64, timeout: Duration) -> V
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
-            Err(e) => panic!("read failed: {e}"),
+            Err(_) => {
+                dropped = true;
+                break;
+            }
         }
     }
-    c.ws.get_ref()
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    seqs
+    if !dropped {
+        c.ws.get_ref()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+    }
+    (seqs, dropped)
 }
 
 /// Publishes and waits for the ack or the error.
@@ -500,33 +521,6 @@ fn redis_restarted_empty_two_nodes_agree_on_the_new_history() {
         messages_until(&mut m2, "again", 1, Duration::from_secs(10)),
         vec![1]
     );
-}
-
-/// Message seqs of `room` until the connection drops.
-fn messages_until_dropped(c: &mut Client, room: &str, timeout: Duration) -> Vec<u64> {
-    let deadline = Instant::now() + timeout;
-    let mut seqs = Vec::new();
-    c.ws.get_ref()
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    while Instant::now() < deadline {
-        match c.ws.read() {
-            Ok(tungstenite::Message::Text(t)) => {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["type"] == "message" && v["room"] == room {
-                    seqs.push(v["seq"].as_u64().unwrap());
-                }
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return seqs,
-        }
-    }
-    panic!("the connection never dropped");
 }
 
 #[test]
