@@ -215,14 +215,19 @@ fn a_cut_subscription_loses_and_doubles_nothing() {
     let mut p = n2.client("cp");
     join(&mut p, "cut", None);
     const N: u64 = 200;
+    let mut con = redis.con();
     for i in 0..N {
         if i == N / 3 {
             // Every node's subscription at once ...
             redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
         }
         if i == 2 * N / 3 {
-            // ... then only m1's node's: p's node goes on publishing.
-            assert_eq!(redis.kill_clients_named("corechat-sub-c1"), 1);
+            // ... then only m1's node's, held for ten publishes: p's node
+            // goes on publishing.
+            assert_eq!(redis.cut_and_hold(&mut con, "corechat-sub-c1"), 1);
+        }
+        if i == 2 * N / 3 + 10 {
+            redis.accept_clients(&mut con);
         }
         // While the subscriber link reconnects the node is unavailable:
         // retry until acked.
@@ -373,11 +378,15 @@ fn dms_through_a_cut_subscription_lose_and_double_nothing() {
     let mut bob = n2.client("bob");
     std::thread::sleep(Duration::from_millis(300));
     const N: u64 = 120;
+    let mut con = redis.con();
     for i in 0..N {
         if i == N / 3 || i == 2 * N / 3 {
-            // Cuts alice's node's subscription only: the DMs bob's node
-            // publishes until it is back reach h1 through no channel.
-            assert_eq!(redis.kill_clients_named("corechat-sub-h1"), 1);
+            // Cuts alice's node's subscription only, and keeps it cut for
+            // ten DMs: those reach h1 through no channel.
+            assert_eq!(redis.cut_and_hold(&mut con, "corechat-sub-h1"), 1);
+        }
+        if i == N / 3 + 10 || i == 2 * N / 3 + 10 {
+            redis.accept_clients(&mut con);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while dm(&mut bob, "alice", &format!("d{i}"), json!(i))["type"] != "ack" {

@@ -84,26 +84,42 @@ impl Redis {
         cmd.query(&mut c).ok()
     }
 
-    /// Closes the Redis connections named `name` (corechat names its links
-    /// `corechat-sub-<node>` and `corechat-cmd-<node>`); how many there were.
-    pub fn kill_clients_named(&self, name: &str) -> usize {
-        let mut con = self.con();
-        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
-        let ids: Vec<String> = list
-            .lines()
+    /// Closes the links named `name` and makes Redis refuse every new
+    /// connection (`maxclients`) until [`Redis::accept_clients`], so the
+    /// cut lasts as long as the test wants. Uses `con`, opened before.
+    pub fn cut_and_hold(&self, con: &mut redis::Connection, name: &str) -> usize {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(con).unwrap();
+        let lines: Vec<&str> = list.lines().collect();
+        let _: redis::Value = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxclients")
+            .arg(lines.len() - 1)
+            .query(con)
+            .unwrap();
+        let ids: Vec<&str> = lines
+            .iter()
             .filter(|l| l.split(' ').any(|f| f == format!("name={name}")))
             .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-            .map(str::to_string)
             .collect();
         for id in &ids {
             let _: redis::Value = redis::cmd("CLIENT")
                 .arg("KILL")
                 .arg("ID")
-                .arg(id)
-                .query(&mut con)
+                .arg(*id)
+                .query(con)
                 .unwrap();
         }
         ids.len()
+    }
+
+    /// Ends [`Redis::cut_and_hold`]'s refusal.
+    pub fn accept_clients(&self, con: &mut redis::Connection) {
+        let _: redis::Value = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxclients")
+            .arg(10_000)
+            .query(con)
+            .unwrap();
     }
 
     /// SIGKILL, by PID.
