@@ -196,7 +196,12 @@ pub fn http_request(
     s.write_all(req.as_bytes()).unwrap();
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).to_string();
+    parse_response(&resp)
+}
+
+/// The status and body of a whole HTTP/1.1 response (0: unparsable).
+pub fn parse_response(resp: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(resp).to_string();
     let status = text
         .split_whitespace()
         .nth(1)

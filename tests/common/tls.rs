@@ -97,17 +97,7 @@ pub fn https_get(addr: &str, cfg: &Arc<ClientConfig>, path: &str) -> (u16, Strin
     let mut resp = Vec::new();
     // The server ends with close_notify; a bare EOF would be an error here.
     s.read_to_end(&mut resp).expect("read response");
-    let text = String::from_utf8_lossy(&resp).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    super::parse_response(&resp)
 }
 
 /// Sum of the `/metrics` lines of `name` whose labels contain `labels`.
