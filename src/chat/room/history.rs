@@ -21,12 +21,7 @@ impl ChatApp {
         let has_store = self.store.enabled();
         if self.cluster.is_some() {
             // Cluster mode: the room's stream in Redis holds its history.
-            let op = StoreOp::History {
-                room: room_name.clone(),
-                reply,
-                id,
-            };
-            self.store.start_range(port, &room_name, q, op);
+            self.history_from_store(port, room_name, reply, q, id);
             return;
         }
         if !self.homes.contains_key(&room_name) {
@@ -49,12 +44,7 @@ impl ChatApp {
             None => hi.saturating_sub(q.limit as u64 - 1).max(1),
         };
         if has_store && lo_needed < first && hi >= lo_needed {
-            let op = StoreOp::History {
-                room: room_name.clone(),
-                reply,
-                id,
-            };
-            self.store.start_range(port, &room_name, q, op);
+            self.history_from_store(port, room_name, reply, q, id);
             return;
         }
         let mut items: Vec<&RingEntry> = room
@@ -78,6 +68,24 @@ impl ChatApp {
             .map(|e| frames::history_item_of_frame(&e.frame, e.hdr))
             .collect();
         self.send_history(port, &room_name, reply, &id, &encoded, has_more);
+    }
+
+    /// Asks the store (or, in cluster mode, Redis) for the range; the
+    /// answer comes to `history_read`.
+    fn history_from_store(
+        &mut self,
+        port: &mut ChatPort,
+        room_name: RoomName,
+        reply: ReplyTo,
+        q: RangeQuery,
+        id: ReqId,
+    ) {
+        let op = StoreOp::History {
+            room: room_name.clone(),
+            reply,
+            id,
+        };
+        self.store.start_range(port, &room_name, q, op);
     }
 
     /// A history range came from the store.
