@@ -4,6 +4,7 @@
 #   server.test.mjs  the library against the real server (resume, epochs, queue)
 #   e2e.test.mjs     the page in Chromium (playwright-core) against the real server
 #   tls.test.mjs     the page over https:// (--tls-cert) in Chromium: it picks wss:// and chats
+#   deflate.test.mjs Chromium's permessage-deflate against the server's client_no_context_takeover
 # Installs what is missing: Debian's chromium, and the npm packages (npm ci).
 # CORECHAT_BIN overrides the server binary (default: target/debug/corechat,
 # built here with cargo build). WEB_TESTS="unit server" runs a subset (not
@@ -49,7 +50,7 @@ fi
 mkdir -p "$ROOT/target/e2e"
 files=()
 [ "${CI:-}" = true ] && unset WEB_TESTS
-for t in ${WEB_TESTS:-unit server e2e tls}; do files+=("$t.test.mjs"); done
+for t in ${WEB_TESTS:-unit server e2e tls deflate}; do files+=("$t.test.mjs"); done
 
 log "node --test ${files[*]}"
 # one file at a time: the machine is small and the e2e test starts a browser

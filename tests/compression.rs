@@ -186,7 +186,8 @@ fn deflate_and_plain_members_share_one_compression_per_message() {
         assert!(i < 200, "connections never reached both shards");
         let (mut c, welcome) = Deflating::open(&srv, &format!("z{i}"), Some("permessage-deflate"));
         let p = c.params.expect("server accepted the offer");
-        assert!(p.server_no_context_takeover && !p.client_no_context_takeover);
+        // By default the server requires both sides to drop their context.
+        assert!(p.server_no_context_takeover && p.client_no_context_takeover);
         shards_seen[Deflating::shard(&welcome)] = true;
         c.join(room);
         zipped.push(c);
@@ -240,21 +241,39 @@ fn deflate_and_plain_members_share_one_compression_per_message() {
 
 #[test]
 fn compressed_client_messages_are_inflated_with_and_without_context() {
-    let srv = Server::start(&[]);
+    // By default a bare offer is answered `client_no_context_takeover`;
+    // with --compression-client-context on the client keeps its window.
+    for keep_context in [false, true] {
+        let flag = if keep_context {
+            "--compression-client-context=on"
+        } else {
+            "--compression-client-context=off"
+        };
+        let srv = Server::start(&[flag]);
+        inflate_with_and_without_context(&srv, keep_context);
+    }
+}
+
+fn inflate_with_and_without_context(srv: &Server, keep_context: bool) {
     let room = "inbound";
-    let (mut reader, _) = Deflating::open(&srv, "reader", None);
+    let (mut reader, _) = Deflating::open(srv, "reader", None);
     reader.join(room);
     // Without context takeover: the shard's shared decoder.
-    let (mut a, _) = Deflating::open(&srv, "a", Some(OFFER_NO_CONTEXT));
+    let (mut a, _) = Deflating::open(srv, "a", Some(OFFER_NO_CONTEXT));
     assert!(a.params.unwrap().client_no_context_takeover);
-    // With context takeover: the connection keeps its own window.
-    let (mut b, _) = Deflating::open(&srv, "b", Some("permessage-deflate"));
+    // A bare offer: the connection keeps its own window only if allowed.
+    let (mut b, _) = Deflating::open(srv, "b", Some("permessage-deflate"));
+    let b_resets = b.params.unwrap().client_no_context_takeover;
+    assert_eq!(b_resets, !keep_context);
     a.join(room);
     b.join(room);
     let mut da = Deflater::new(15);
     let mut db = Deflater::new(15);
     for k in 0..4 {
-        for (c, d, reset, who) in [(&mut a, &mut da, true, "a"), (&mut b, &mut db, false, "b")] {
+        for (c, d, reset, who) in [
+            (&mut a, &mut da, true, "a"),
+            (&mut b, &mut db, b_resets, "b"),
+        ] {
             let body = format!("{who} says hello hello hello {k}");
             let req = json!({"type": "publish", "room": room, "body": body, "id": "p"});
             c.send(&req, Some((d, reset)));
@@ -272,7 +291,7 @@ fn compressed_client_messages_are_inflated_with_and_without_context() {
     ));
     assert_eq!(plain.close_code(), Some(1002));
     // A compressed payload that is not DEFLATE: 1007.
-    let (mut bad, _) = Deflating::open(&srv, "bad", Some("permessage-deflate"));
+    let (mut bad, _) = Deflating::open(srv, "bad", Some("permessage-deflate"));
     bad.raw
         .send(&raw_compressed_frame(&[0xff, 0xff, 0xff, 0xff], true));
     assert_eq!(bad.close_code(), Some(1007));
@@ -292,7 +311,8 @@ fn rss(pid: u32) -> u64 {
 
 #[test]
 fn decompression_bomb_closes_1009_and_memory_stays_bounded() {
-    let srv = Server::start(&["--shards", "2"]);
+    // Clients that keep their context too (each gets a window of its own).
+    let srv = Server::start(&["--shards", "2", "--compression-client-context=on"]);
     // 60 KiB of compressed zeros expand to ~60 MiB: a thousand times the
     // 64 KiB --max-frame-bytes.
     let mut bomb = Vec::new();
@@ -410,4 +430,58 @@ fn malformed_or_declined_offers_leave_a_plain_working_connection() {
     let (mut c, _) = Deflating::open(&off, "offer", Some("permessage-deflate"));
     assert!(c.params.is_none());
     c.join("r");
+}
+
+/// Server RSS growth per connection for `n` clients that offer a bare
+/// `permessage-deflate` (what browsers send), each send one compressed
+/// message and then idle.
+fn idle_growth_per_conn(extra: &[&str], n: usize) -> f64 {
+    let srv = Server::start(extra);
+    // Warm the shard (buffers, the shared decoder) before the baseline.
+    let (mut first, _) = Deflating::open(&srv, "warm", Some("permessage-deflate"));
+    first.join("warm");
+    thread::sleep(Duration::from_millis(200));
+    let before = rss(srv.pid());
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let (mut c, _) = Deflating::open(&srv, &format!("idle{i}"), Some("permessage-deflate"));
+        let reset = c.params.unwrap().client_no_context_takeover;
+        let join = json!({"type": "join", "room": format!("r{}", i % 20), "id": "j"});
+        // Compressed below --compression-min-bytes is fine: the client
+        // chooses what it compresses.
+        c.send(&join, Some((&mut Deflater::new(15), reset)));
+        conns.push(c);
+    }
+    for c in &mut conns {
+        let v = c.json();
+        assert_eq!(v["type"], "joined", "{v}");
+    }
+    thread::sleep(Duration::from_millis(200));
+    let after = rss(srv.pid());
+    after.saturating_sub(before) as f64 / n as f64
+}
+
+#[test]
+fn browser_offers_cost_no_inflate_window_per_idle_connection() {
+    const N: usize = 400;
+    let open = ["--max-upgrades-per-ip-per-sec", "100000"];
+    let told_to_reset = idle_growth_per_conn(&open, N);
+    let keeping = idle_growth_per_conn(
+        &[&open[..], &["--compression-client-context=on"]].concat(),
+        N,
+    );
+    println!(
+        "idle RSS per connection after one compressed message: {:.2} KiB default, {:.2} KiB with client context",
+        told_to_reset / 1024.0,
+        keeping / 1024.0
+    );
+    // A kept window is 32 KiB of inflate state; the default holds none.
+    assert!(
+        told_to_reset < 8.0 * 1024.0,
+        "{told_to_reset} bytes per connection"
+    );
+    assert!(
+        keeping > told_to_reset + 8.0 * 1024.0,
+        "{keeping} vs {told_to_reset}"
+    );
 }

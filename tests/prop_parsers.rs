@@ -191,7 +191,7 @@ proptest! {
 
     #[test]
     fn extension_negotiation_never_panics_and_answers_what_it_parses(offer in ".{0,120}") {
-        if let Some((params, response)) = extension::negotiate(&offer) {
+        if let Some((params, response)) = extension::negotiate(&offer, false) {
             prop_assert!(params.server_no_context_takeover);
             prop_assert_eq!(extension::parse_response(&response), Some(params));
         }
@@ -214,10 +214,12 @@ proptest! {
             Some(None) => offer.push_str("; client_max_window_bits"),
             None => {}
         }
-        let Some((p, _)) = extension::negotiate(&offer) else {
+        let Some((p, _)) = extension::negotiate(&offer, true) else {
             return Err(TestCaseError::fail(format!("declined {offer}")));
         };
         prop_assert_eq!(p.client_no_context_takeover, cnct);
+        let (p, _) = extension::negotiate(&offer, false).unwrap();
+        prop_assert!(p.client_no_context_takeover);
         prop_assert_eq!(p.server_max_window_bits, smwb.unwrap_or(15));
         prop_assert_eq!(p.client_max_window_bits, cmwb.flatten().unwrap_or(15));
     }

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Some(offer) = req.ws_extensions.as_deref() {
-        let _ = extension::negotiate(offer);
+        let _ = extension::negotiate(offer, true);
     }
     let _ = req.ws_key_valid();
     if let Some(token) = req.query_param("token").or(req.bearer().map(str::to_owned)) {

@@ -263,6 +263,8 @@ options! {
     compression: bool = true, "compression", "BOOL", default_doc("on");
     /// Smallest server message sent compressed; shorter ones go plain
     compression_min_bytes: usize = 256, "compression-min-bytes", "BYTES";
+    /// Let clients keep their compression window between messages (costs an inflate window of ~20-40 KiB per such connection, held while it lives); off: every client is told `client_no_context_takeover`
+    compression_client_context: bool = false, "compression-client-context", "BOOL", default_doc("off");
     /// Largest chat message body
     max_body_bytes: usize = 16_384, "max-body-bytes", "BYTES", check(positive);
     /// Messages per second per connection
@@ -714,6 +716,9 @@ impl EchoArgs {
                 .max(self.max_frame_bytes.saturating_mul(2)),
             // Autobahn 12/13: every echoed message goes compressed.
             compression_min_bytes: 0,
+            // Autobahn 13 then also runs the inflate path with the
+            // client's window kept between messages.
+            compression_client_context: true,
             ..d
         };
         cfg.validate()?;

@@ -10,6 +10,7 @@
 //! message and kept while it lives: the window is the state the next
 //! message refers to. Everything else is per shard.
 
+use crate::config::Config;
 use crate::metrics::{self, ShardMetrics};
 use crate::ws::{self, close_code, CloseError, OpCode, SharedFrame};
 use bytes::Bytes;
@@ -41,11 +42,11 @@ impl ConnDeflate {
 
 /// The answer to a client's `Sec-WebSocket-Extensions`: what the connection
 /// gets and the response header value, or `None` (plain connection).
-pub fn negotiate(enabled: bool, offer: Option<&str>) -> Option<(Box<ConnDeflate>, String)> {
-    if !enabled {
+pub fn negotiate(cfg: &Config, offer: Option<&str>) -> Option<(Box<ConnDeflate>, String)> {
+    if !cfg.compression {
         return None;
     }
-    let (params, response) = extension::negotiate(offer?)?;
+    let (params, response) = extension::negotiate(offer?, cfg.compression_client_context)?;
     Some((Box::new(ConnDeflate::new(params)), response))
 }
 

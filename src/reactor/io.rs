@@ -356,8 +356,7 @@ impl<A: App> Shard<A> {
             }
         };
         let accept = ws::accept_key(ws_key.as_bytes());
-        let (deflate, extensions) =
-            deflate::negotiate(cfg.compression, req.ws_extensions.as_deref()).unzip();
+        let (deflate, extensions) = deflate::negotiate(&cfg, req.ws_extensions.as_deref()).unzip();
         let head = http::switching_protocols_with(&accept, extensions.as_deref());
         self.core.push_raw(key, head);
         let now = self.core.now_ms;

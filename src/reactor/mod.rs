@@ -69,6 +69,11 @@ pub struct Shard<A: App> {
     accept_paused_until: u64,
     next_tick_ms: u64,
     tick_ms: u64,
+    /// The connection sweep walks `1 / SWEEP_SLICES` of the slab per tick
+    /// (one tick every `tick_ms / SWEEP_SLICES`), so a shard with tens of
+    /// thousands of connections never stalls its loop for a whole walk.
+    sweep_cursor: usize,
+    next_app_tick_ms: u64,
     drain_deadline: Option<u64>,
     last_emfile_log: u64,
 }
@@ -126,6 +131,8 @@ impl<A: App> Shard<A> {
             accept_paused_until: 0,
             next_tick_ms: 0,
             tick_ms,
+            sweep_cursor: 0,
+            next_app_tick_ms: 0,
             drain_deadline: None,
             last_emfile_log: 0,
         })
@@ -202,7 +209,7 @@ impl<A: App> Shard<A> {
             }
             if self.core.now_ms >= self.next_tick_ms {
                 self.tick();
-                self.next_tick_ms = self.core.now_ms + self.tick_ms;
+                self.next_tick_ms = self.core.now_ms + (self.tick_ms / SWEEP_SLICES as u64).max(1);
             }
             if self.core.shared.shutdown.load(Ordering::Relaxed) && self.drain() {
                 return;
@@ -362,13 +369,21 @@ impl<A: App> Shard<A> {
     }
 
     /// Periodic sweep: handshake timeouts, heartbeats, token expiry, close
-    /// deadlines, and the app's housekeeping.
+    /// deadlines (a slice of the connections per call, every one within
+    /// `tick_ms`), and every `tick_ms` the app's housekeeping.
     fn tick(&mut self) {
         let now = self.core.now_ms;
         let cfg = self.core.shared.cfg.clone();
         let now_secs = crate::auth::now_secs();
         let mut actions: Vec<(usize, TickAction)> = Vec::new();
-        for (key, conn) in self.core.conns.iter() {
+        let slots = self.core.conns.capacity();
+        let start = self.sweep_cursor.min(slots);
+        let end = (start + slots.div_ceil(SWEEP_SLICES).max(64)).min(slots);
+        self.sweep_cursor = if end >= slots { 0 } else { end };
+        for key in start..end {
+            let Some(conn) = self.core.conns.get(key) else {
+                continue;
+            };
             let action = match conn.phase {
                 // Counted from the last progress (a request, response bytes
                 // written), so a keep-alive connection is not cut mid-response.
@@ -429,6 +444,10 @@ impl<A: App> Shard<A> {
                 }
             }
         }
+        if now < self.next_app_tick_ms {
+            return;
+        }
+        self.next_app_tick_ms = now + self.tick_ms;
         // Per-address entries nobody uses any more are freed (the first
         // shard to sweep in a second does the work).
         self.core
@@ -438,6 +457,9 @@ impl<A: App> Shard<A> {
         self.app.on_tick(&mut self.core);
     }
 }
+
+/// Parts the connection sweep is cut into (see `Shard::sweep_cursor`).
+const SWEEP_SLICES: usize = 16;
 
 enum TickAction {
     Drop(DisconnectReason),

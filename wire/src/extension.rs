@@ -5,9 +5,13 @@
 //!
 //! The server's policy: it always compresses its own messages without
 //! context takeover (`server_no_context_takeover`), so one compressed frame
-//! can be shared by every connection that negotiated the extension. It
-//! honours `client_no_context_takeover` when offered (then it needs no
-//! per-connection inflate state) and otherwise keeps the client's window.
+//! can be shared by every connection that negotiated the extension. By
+//! default it also answers `client_no_context_takeover`, offered or not
+//! (RFC 7692 7.1.1.1 lets a server require it), so no connection needs an
+//! inflate window of its own (32 KiB that could never be freed while the
+//! connection lives); a server that prefers the client's better ratio over
+//! that memory keeps the client's window when the client did not ask
+//! otherwise.
 //! An offer it cannot read (unknown or repeated parameter, bad value) is
 //! declined: the next offer is tried, and without one the connection simply
 //! runs uncompressed.
@@ -108,7 +112,10 @@ fn parse_offer<'a>(params: impl Iterator<Item = &'a str>) -> Option<Offer> {
 /// The server's side: the first acceptable permessage-deflate offer among
 /// the `Sec-WebSocket-Extensions` values (several headers joined by `,`),
 /// as the agreed parameters and the response header value.
-pub fn negotiate(header: &str) -> Option<(Params, String)> {
+/// `keep_client_context`: let a client that did not offer
+/// `client_no_context_takeover` keep its window (the server then holds an
+/// inflate window for it).
+pub fn negotiate(header: &str, keep_client_context: bool) -> Option<(Params, String)> {
     for (name, params) in extensions(header) {
         if !name.eq_ignore_ascii_case(NAME) {
             continue;
@@ -118,7 +125,7 @@ pub fn negotiate(header: &str) -> Option<(Params, String)> {
         };
         let params = Params {
             server_no_context_takeover: true,
-            client_no_context_takeover: offer.client_no_context_takeover,
+            client_no_context_takeover: offer.client_no_context_takeover || !keep_client_context,
             server_max_window_bits: offer.server_max_window_bits.unwrap_or(15),
             client_max_window_bits: offer.client_max_window_bits.flatten().unwrap_or(15),
         };
@@ -178,7 +185,7 @@ mod tests {
 
     #[test]
     fn plain_offer_is_accepted_without_context_takeover_for_the_server() {
-        let (p, resp) = negotiate("permessage-deflate").unwrap();
+        let (p, resp) = negotiate("permessage-deflate", true).unwrap();
         assert!(p.server_no_context_takeover && !p.client_no_context_takeover);
         assert_eq!(resp, "permessage-deflate; server_no_context_takeover");
         assert_eq!(parse_response(&resp), Some(p));
@@ -186,15 +193,30 @@ mod tests {
 
     #[test]
     fn browser_offer_with_bare_client_window_bits() {
-        let (p, resp) = negotiate("permessage-deflate; client_max_window_bits").unwrap();
+        let (p, resp) = negotiate("permessage-deflate; client_max_window_bits", true).unwrap();
         assert_eq!(p.client_max_window_bits, 15);
         assert_eq!(resp, "permessage-deflate; server_no_context_takeover");
+    }
+
+    #[test]
+    fn by_default_the_client_is_told_to_drop_its_context() {
+        for offer in [
+            "permessage-deflate",
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; client_no_context_takeover",
+        ] {
+            let (p, resp) = negotiate(offer, false).unwrap();
+            assert!(p.client_no_context_takeover, "{offer}");
+            assert!(resp.contains("; client_no_context_takeover"), "{resp}");
+            assert_eq!(parse_response(&resp), Some(p));
+        }
     }
 
     #[test]
     fn parameters_are_echoed_as_required() {
         let (p, resp) = negotiate(
             "permessage-deflate; client_no_context_takeover; server_max_window_bits=\"10\"; client_max_window_bits=9",
+            true,
         )
         .unwrap();
         assert_eq!(
@@ -229,11 +251,13 @@ mod tests {
             "",
             ";;;,,,",
         ] {
-            assert_eq!(negotiate(bad), None, "{bad:?}");
+            assert_eq!(negotiate(bad, false), None, "{bad:?}");
         }
-        let (p, _) =
-            negotiate("permessage-deflate; bogus, permessage-deflate; client_no_context_takeover")
-                .unwrap();
+        let (p, _) = negotiate(
+            "permessage-deflate; bogus, permessage-deflate; client_no_context_takeover",
+            true,
+        )
+        .unwrap();
         assert!(p.client_no_context_takeover);
     }
 
