@@ -208,5 +208,12 @@ fn latency_export(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parse, encode, fan_out, store_append, latency_export);
+criterion_group!(
+    benches,
+    parse,
+    encode,
+    fan_out,
+    store_append,
+    latency_export
+);
 criterion_main!(benches);

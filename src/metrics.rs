@@ -392,7 +392,10 @@ mod tests {
                 .sum();
             assert_eq!(m.latency_buckets[i].load(Relaxed), naive, "le {b}");
         }
-        assert_eq!(m.latency_buckets[LATENCY_BUCKETS.len()].load(Relaxed), h.len());
+        assert_eq!(
+            m.latency_buckets[LATENCY_BUCKETS.len()].load(Relaxed),
+            h.len()
+        );
     }
 
     #[test]

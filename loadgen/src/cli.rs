@@ -104,6 +104,12 @@ pub enum Cmd {
         #[arg(long)]
         markdown: bool,
     },
+    /// A run's latency over time: one line per second of its interval log (.hlog), with how
+    /// many of the run's worst 0.1% fell in each second (a spread-out tail or a few stalls)
+    Timeline {
+        /// A result directory (its latency .hlog) or an .hlog file
+        path: PathBuf,
+    },
     /// Draw latency-percentile curves of several runs on one SVG chart
     Plot {
         /// Result directories (or .hgrm files)

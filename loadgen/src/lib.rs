@@ -16,5 +16,6 @@ pub mod scenarios;
 pub mod seq;
 pub mod stats;
 pub mod sys;
+pub mod timeline;
 pub mod tls;
 pub mod ws;

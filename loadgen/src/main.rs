@@ -55,6 +55,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             loadgen::mock::serve(opts, stop, None)?;
             Ok(())
         }
+        Cmd::Timeline { path } => {
+            let file = loadgen::timeline::find_log(path)?;
+            let bytes = std::fs::read(&file)?;
+            println!("{}", file.display());
+            print!(
+                "{}",
+                loadgen::timeline::render(&loadgen::timeline::read(&bytes)?)
+            );
+            Ok(())
+        }
         Cmd::Plot {
             dirs,
             svg,

@@ -162,9 +162,12 @@ impl Spec {
                 },
                 a.common.clone(),
             ),
-            Compare { .. } | Plot { .. } | MockServer { .. } | Table { .. } | Abuse(_) => {
-                return None
-            }
+            Compare { .. }
+            | Plot { .. }
+            | Timeline { .. }
+            | MockServer { .. }
+            | Table { .. }
+            | Abuse(_) => return None,
         })
     }
 
