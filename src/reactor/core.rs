@@ -50,6 +50,10 @@ pub struct Core<M, S> {
     pub(super) refusals_unlogged: u64,
     /// permessage-deflate state shared by the shard's connections.
     pub(super) deflate: ShardDeflate,
+    /// Frames queued this turn, added to `frames_out` once per turn: an
+    /// atomic add per delivery is a measurable share of a 1,000-member
+    /// fan-out.
+    pub(super) frames_queued: u64,
 }
 
 /// Shortest interval between two logged upgrade refusals on a shard.
@@ -114,7 +118,7 @@ impl<M, S> Core<M, S> {
         }
         conn.out_bytes += frame.len();
         conn.out.push_back(frame);
-        metrics::inc(&self.metrics.frames_out);
+        self.frames_queued += 1;
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);

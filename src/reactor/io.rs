@@ -12,7 +12,6 @@ use crate::limits::IpRefusal;
 use crate::metrics::{self, DisconnectReason};
 use crate::ws::{self, close_code, Assembled, Assembler, CloseError, OpCode, Parse};
 use smallvec::SmallVec;
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 
@@ -545,6 +544,8 @@ impl<A: App> Shard<A> {
     }
 
     pub(super) fn flush_dirty(&mut self) {
+        let queued = std::mem::take(&mut self.core.frames_queued);
+        metrics::add(&self.core.metrics.frames_out, queued);
         let dirty = std::mem::take(&mut self.core.dirty);
         for &key in &dirty {
             if let Some(conn) = self.core.conns.get_mut(key) {
@@ -612,12 +613,6 @@ impl<A: App> Shard<A> {
         metrics::add(&self.core.metrics.bytes_out, written_total);
         if written_total > 0 {
             conn.progress_ms = self.core.now_ms;
-        }
-        if conn.out.is_empty() && conn.out.capacity() > 0 {
-            // An empty queue holds no memory: idle connections are most
-            // connections (S3), and one allocation per busy turn is cheap
-            // next to the writev it goes with.
-            conn.out = VecDeque::new();
         }
         let drained = conn.out.is_empty() && !conn.io.wants_write();
         let phase = conn.phase;
