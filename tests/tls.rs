@@ -339,6 +339,20 @@ fn a_message_cut_into_many_records_and_segments_arrives_whole_over_tls_1_2_and_1
         // And the answer to a small one after it.
         let ack = alice.publish("lobby", "small", "small");
         assert_eq!(bob.recv_type("message")["seq"], ack["seq"]);
+        if version == &rustls::version::TLS13 {
+            // A key update (a handshake message after the handshake, which
+            // the server answers with its own) cut up the same way.
+            alice
+                .ws
+                .get_mut()
+                .conn
+                .refresh_traffic_keys()
+                .expect("key update");
+            let ack = alice.publish("lobby", "new keys", "rekeyed");
+            assert_eq!(bob.recv_type("message")["seq"], ack["seq"]);
+            let ack = alice.publish("lobby", "still new keys", "rekeyed2");
+            assert_eq!(bob.recv_type("message")["seq"], ack["seq"]);
+        }
     }
 }
 
