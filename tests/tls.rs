@@ -317,15 +317,18 @@ fn a_message_cut_into_many_records_and_segments_arrives_whole_over_tls_1_2_and_1
     let mut bob = WssClient::connect(&srv.addr, &cfg, "bob");
     bob.join("lobby");
 
-    for (i, version) in VERSIONS.into_iter().enumerate() {
-        // Records of at most 300 bytes, sent 97 bytes at a time (the
-        // handshake too): nearly every read ends inside a record.
+    // Records of at most 300 bytes sent 97 bytes at a time (the handshake
+    // too): nearly every read ends inside a record. Records of 32 bytes
+    // sent whole: hundreds of records in one read.
+    let shapes = [(Some(300), 97), (Some(32), usize::MAX)];
+    let cases = VERSIONS.into_iter().flat_map(|v| shapes.map(|s| (v, s)));
+    for (i, (version, (fragment, piece))) in cases.enumerate() {
         let shape = Shape {
-            piece: 97,
+            piece,
             ..Shape::default()
         };
         let (valve, _control) = Valve::connect(&srv.addr, shape);
-        let stream = tls_over(valve, &config_for(&pair.der, version, Some(300))).expect("tls");
+        let stream = tls_over(valve, &config_for(&pair.der, version, fragment)).expect("tls");
         assert_eq!(stream.conn.protocol_version(), Some(version.version));
         let mut alice = WssClient::over(stream, &format!("alice{i}"));
         alice.join("lobby");

@@ -45,8 +45,9 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Record header and AEAD tag (and TLS 1.2's explicit nonce), generously;
 /// rustls says how much it really needs when this is not enough.
 const RECORD_OVERHEAD: usize = 64;
-/// State steps one call may take before the connection is deemed broken
-/// (each step encodes a handshake message or consumes a record).
+/// State steps a write may take before the connection is deemed broken
+/// (each step encodes a queued handshake message); a read may take this
+/// many more than it has bytes (each record consumed is 6 bytes or more).
 const MAX_STEPS: usize = 256;
 
 pub struct TlsStream {
@@ -161,7 +162,7 @@ impl TlsStream {
         plain: &mut usize,
         events: &mut TlsEvents,
     ) -> io::Result<()> {
-        for _ in 0..MAX_STEPS {
+        for _ in 0..MAX_STEPS + (end - *start) {
             let (front, records) = buf.split_at_mut(*start);
             let UnbufferedStatus { mut discard, state } =
                 self.tls.process_tls_records(&mut records[..end - *start]);
