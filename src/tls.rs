@@ -2,8 +2,8 @@
 //! shards share, and a certificate that SIGHUP can swap without touching
 //! open connections.
 //!
-//! The reactor's per-connection side (a non-blocking `ServerConnection`
-//! behind the socket) is `reactor::transport`. Here is only what is built
+//! The reactor's per-connection side (rustls's `UnbufferedServerConnection`
+//! behind the socket) is `reactor::tls_stream`. Here is only what is built
 //! once per process and read once per handshake.
 
 use parking_lot::RwLock;

@@ -1,16 +1,24 @@
 //! TLS (`--tls-cert`/`--tls-key`) through real sockets: a rustls +
 //! tungstenite client chats over wss://, curl gets /health over https://,
 //! SIGHUP swaps the certificate under an open connection, and a client that
-//! does not speak TLS is closed while the server carries on.
+//! does not speak TLS is closed while the server carries on. Clients that
+//! cut their records and segments up, stop in the middle of a record, or
+//! read a large backlog slowly drive the server's record handling (rustls's
+//! unbuffered API over the shard's read buffer) over TLS 1.2 and 1.3.
 
 mod common;
 
 use common::tls::{
-    client_config, https_get, https_metric, peer_cert, start_tls, tls_connect, Pair, WssClient,
+    client_config, https_get, https_metric, peer_cert, start_tls, tls_connect, tls_over, Pair,
+    Shape, Valve, WssClient,
 };
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
+use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SIGHUP: i32 = 1;
@@ -275,5 +283,180 @@ fn a_reader_that_falls_behind_gets_every_frame_in_order_over_tls() {
         let m = bob.recv_type("message");
         assert_eq!(m["seq"], seq);
         assert_eq!(m["body"].as_str().map(str::len), Some(body.len()));
+    }
+}
+
+/// A client config trusting `trusted`, speaking only `version`, and cutting
+/// what it sends into records of at most `fragment` bytes.
+fn config_for(
+    trusted: &CertificateDer<'static>,
+    version: &'static SupportedProtocolVersion,
+    fragment: Option<usize>,
+) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(trusted.clone()).expect("trust anchor");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .expect("protocol version")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.max_fragment_size = fragment;
+    Arc::new(cfg)
+}
+
+const VERSIONS: [&SupportedProtocolVersion; 2] = [&rustls::version::TLS12, &rustls::version::TLS13];
+
+#[test]
+fn a_message_cut_into_many_records_and_segments_arrives_whole_over_tls_1_2_and_1_3() {
+    let dir = common::chat::tempdir();
+    let pair = Pair::generate();
+    let srv = start_tls(dir.path(), &pair, &[]);
+    let cfg = client_config(&[&pair.der], &[b"http/1.1"]);
+    let mut bob = WssClient::connect(&srv.addr, &cfg, "bob");
+    bob.join("lobby");
+
+    // Records of at most 300 bytes sent 97 bytes at a time (the handshake
+    // too): nearly every read ends inside a record. Records of 32 bytes
+    // sent whole: hundreds of records in one read.
+    let shapes = [(Some(300), 97), (Some(32), usize::MAX)];
+    let cases = VERSIONS.into_iter().flat_map(|v| shapes.map(|s| (v, s)));
+    for (i, (version, (fragment, piece))) in cases.enumerate() {
+        let shape = Shape {
+            piece,
+            ..Shape::default()
+        };
+        let (valve, _control) = Valve::connect(&srv.addr, shape);
+        let stream = tls_over(valve, &config_for(&pair.der, version, fragment)).expect("tls");
+        assert_eq!(stream.conn.protocol_version(), Some(version.version));
+        let mut alice = WssClient::over(stream, &format!("alice{i}"));
+        alice.join("lobby");
+        let big: String = (0..15_000)
+            .map(|n| (b'a' + (n % 26) as u8) as char)
+            .collect();
+        let ack = alice.publish("lobby", &big, "big");
+        let msg = bob.recv_type("message");
+        assert_eq!(msg["seq"], ack["seq"]);
+        assert_eq!(msg["body"], big.as_str(), "{version:?}");
+        // And the answer to a small one after it.
+        let ack = alice.publish("lobby", "small", "small");
+        assert_eq!(bob.recv_type("message")["seq"], ack["seq"]);
+        if version == &rustls::version::TLS13 {
+            // A key update (a handshake message after the handshake, which
+            // the server answers with its own) cut up the same way.
+            alice
+                .ws
+                .get_mut()
+                .conn
+                .refresh_traffic_keys()
+                .expect("key update");
+            let ack = alice.publish("lobby", "new keys", "rekeyed");
+            assert_eq!(bob.recv_type("message")["seq"], ack["seq"]);
+            let ack = alice.publish("lobby", "still new keys", "rekeyed2");
+            assert_eq!(bob.recv_type("message")["seq"], ack["seq"]);
+        }
+    }
+}
+
+#[test]
+fn half_a_record_waits_for_its_rest_while_the_whole_one_before_it_is_answered() {
+    let dir = common::chat::tempdir();
+    let pair = Pair::generate();
+    let srv = start_tls(dir.path(), &pair, &[]);
+
+    for (i, version) in VERSIONS.into_iter().enumerate() {
+        let (valve, mut control) = Valve::connect(&srv.addr, Shape::default());
+        let stream = tls_over(valve, &config_for(&pair.der, version, None)).expect("tls");
+        let mut alice = WssClient::over(stream, &format!("alice{i}"));
+        alice.join("lobby");
+
+        control.hold();
+        alice.send_json(json!({"type": "publish", "room": "lobby", "body": "one", "id": "p1"}));
+        let first = control.held();
+        alice.send_json(json!({"type": "publish", "room": "lobby", "body": "two", "id": "p2"}));
+        assert!(
+            control.held() > first + 10,
+            "the second publish is a record of its own"
+        );
+        // The first record and the header plus 5 bytes of the second, in
+        // one segment: the first is answered, the rest of the second is
+        // awaited.
+        control.release(first + 10);
+        assert_eq!(alice.recv_type("ack")["id"], "p1");
+        // Then the rest of it, one byte, then everything.
+        control.release(1);
+        std::thread::sleep(Duration::from_millis(50));
+        control.open();
+        assert_eq!(alice.recv_type("ack")["id"], "p2", "{version:?}");
+    }
+}
+
+#[test]
+fn a_slow_reader_gets_a_backlog_far_over_the_encryption_batch_in_order() {
+    let dir = common::chat::tempdir();
+    let pair = Pair::generate();
+    let srv = start_tls(
+        dir.path(),
+        &pair,
+        &[
+            "--rate-per-sec",
+            "100000",
+            "--burst",
+            "100000",
+            "--max-outbound-bytes",
+            "33554432",
+        ],
+    );
+    for (i, version) in VERSIONS.into_iter().enumerate() {
+        let room = format!("backlog{i}");
+        let cfg = config_for(&pair.der, version, None);
+        let mut alice = WssClient::connect(&srv.addr, &cfg, &format!("alice{i}"));
+        // Bob reads 512 bytes per call through a small receive buffer: the
+        // server's writes to him block and resume many times while alice
+        // publishes.
+        let shape = Shape {
+            read_piece: 512,
+            rcvbuf: 8 * 1024,
+            ..Shape::default()
+        };
+        let (valve, _control) = Valve::connect(&srv.addr, shape);
+        let mut bob = WssClient::over(tls_over(valve, &cfg).expect("tls"), &format!("bob{i}"));
+        alice.join(&room);
+        bob.join(&room);
+        // Big and small frames mixed, about 8 MB: more than the server's
+        // socket buffer (up to 4 MB on loopback) takes, so its writes block;
+        // records gather several frames and frames straddle records.
+        let bodies: Vec<String> = (0..1000)
+            .map(|n| {
+                let len = if n % 4 == 0 { 40 + n } else { 10_500 };
+                char::from(b'a' + (n % 26) as u8).to_string().repeat(len)
+            })
+            .collect();
+        // Bob starts reading once half is published, then reads while the
+        // rest comes.
+        let (half_tx, half_rx) = std::sync::mpsc::channel();
+        let publisher = {
+            let bodies = bodies.clone();
+            let room = room.clone();
+            std::thread::spawn(move || {
+                let mut seqs = Vec::new();
+                for (n, body) in bodies.iter().enumerate() {
+                    seqs.push(alice.publish(&room, body, &format!("p{n}"))["seq"].clone());
+                    if n == bodies.len() / 2 {
+                        half_tx.send(()).expect("signal");
+                    }
+                }
+                seqs
+            })
+        };
+        half_rx.recv().expect("half published");
+        let mut got = Vec::new();
+        for body in &bodies {
+            let m = bob.recv_type("message");
+            assert_eq!(m["body"].as_str(), Some(body.as_str()), "{version:?}");
+            got.push(m["seq"].clone());
+        }
+        assert_eq!(got, publisher.join().expect("publisher"));
     }
 }

@@ -580,7 +580,7 @@ impl<A: App> Shard<A> {
                     IoSlice::new(&frame[start..])
                 })
                 .collect();
-            let result = conn.io.write_vectored(&slices);
+            let result = conn.io.write_vectored(&slices, &mut self.read_buf);
             drop(slices);
             match result {
                 Ok(0) => {

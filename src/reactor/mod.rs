@@ -17,6 +17,7 @@ mod conn;
 mod core;
 mod deflate;
 mod io;
+mod tls_stream;
 mod transport;
 
 use self::conn::{Conn, Phase};

@@ -1,33 +1,21 @@
 //! A connection's byte stream: the socket itself, or TLS over it.
 //!
 //! The reactor reads and writes plaintext through `Transport`; the plain
-//! variant is the socket call and nothing more. The TLS variant is a
-//! non-blocking `rustls::ServerConnection` in front of the same socket:
-//! reads go socket -> `read_tls` -> `process_new_packets` -> plaintext, and
-//! writes go queued frames -> the connection's writer (encryption, bounded
-//! by `TLS_BUFFER_LIMIT`) -> `write_tls` -> socket. Frames stay shared
-//! `Bytes` up to the writer: only the record encryption is per connection.
+//! variant is the socket call and nothing more. The TLS variant
+//! (`tls_stream`) is rustls's unbuffered connection in front of the same
+//! socket: records are read into and decrypted in the shard's read buffer,
+//! and frames stay shared `Bytes` up to the encryption, the only per
+//! connection step. Neither variant keeps a buffer while idle.
 
+use super::tls_stream::TlsStream;
 use mio::net::TcpStream;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::ServerConfig;
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
-
-/// Encrypted bytes rustls may hold for one connection before its writer
-/// takes no more plaintext: what the socket has not taken stays in the
-/// connection's frame queue, where the slow-consumer check sees it.
-const TLS_BUFFER_LIMIT: usize = 64 * 1024;
 
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream>),
-}
-
-pub struct TlsStream {
-    sock: TcpStream,
-    tls: ServerConnection,
-    /// The handshake completed (counted once).
-    established: bool,
 }
 
 /// What a TLS read saw besides plaintext; the reactor counts it.
@@ -43,13 +31,7 @@ pub struct TlsEvents {
 impl Transport {
     /// A new TLS connection over `sock`, handshake pending.
     pub fn tls(sock: TcpStream, config: &Arc<ServerConfig>) -> Result<Transport, rustls::Error> {
-        let mut tls = ServerConnection::new(config.clone())?;
-        tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-        Ok(Transport::Tls(Box::new(TlsStream {
-            sock,
-            tls,
-            established: false,
-        })))
+        Ok(Transport::Tls(Box::new(TlsStream::new(sock, config)?)))
     }
 
     /// The socket, to register with the poll.
@@ -60,9 +42,10 @@ impl Transport {
         }
     }
 
-    /// Reads plaintext into `buf`. `Ok(0)` is the end of the stream. A TLS
-    /// read fills `buf` or drains the socket before it returns, so a short
-    /// read still means "nothing more until the next readiness event".
+    /// Reads plaintext into `buf`, the shard's read buffer. `Ok(0)` is the
+    /// end of the stream. A short read means "nothing more until the next
+    /// readiness event" (a TLS read drains the socket or fills half of
+    /// `buf` before it returns).
     pub fn read(&mut self, buf: &mut [u8], events: &mut TlsEvents) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
@@ -71,11 +54,17 @@ impl Transport {
     }
 
     /// Takes plaintext from `slices`; returns how much was taken.
-    /// `WouldBlock` when the socket takes nothing now.
-    pub fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    /// `WouldBlock` when the socket takes nothing now. TLS gathers small
+    /// frames in `scratch` (a shard buffer idle while flushing) so that they
+    /// share records.
+    pub fn write_vectored(
+        &mut self,
+        slices: &[IoSlice<'_>],
+        scratch: &mut [u8],
+    ) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.write_vectored(slices),
-            Transport::Tls(t) => t.write_vectored(slices),
+            Transport::Tls(t) => t.write_vectored(slices, scratch),
         }
     }
 
@@ -83,7 +72,7 @@ impl Transport {
     pub fn wants_write(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
-            Transport::Tls(t) => t.tls.wants_write(),
+            Transport::Tls(t) => t.wants_write(),
         }
     }
 
@@ -99,91 +88,7 @@ impl Transport {
     /// peer that reads no more must not hold the shard).
     pub fn close_notify(&mut self) {
         if let Transport::Tls(t) = self {
-            if t.established {
-                t.tls.send_close_notify();
-            }
-            let _ = t.flush_records();
+            t.close_notify();
         }
-    }
-}
-
-impl TlsStream {
-    fn read(&mut self, buf: &mut [u8], events: &mut TlsEvents) -> io::Result<usize> {
-        let mut filled = 0;
-        loop {
-            // Plaintext rustls already holds comes first: its buffer is
-            // bounded, and `read_tls` refuses more while it is full.
-            match self.tls.reader().read(&mut buf[filled..]) {
-                Ok(0) if filled == 0 => return Ok(0), // close_notify
-                Ok(0) => return Ok(filled),
-                Ok(n) => {
-                    filled += n;
-                    if filled == buf.len() {
-                        return Ok(filled);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return done_or(filled, e),
-            }
-            match self.tls.read_tls(&mut self.sock) {
-                Ok(0) => return Ok(filled), // the peer closed the socket
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return done_or(filled, e),
-            }
-            if let Err(e) = self.tls.process_new_packets() {
-                events.failed = true;
-                // rustls queued an alert saying why: let the peer see it.
-                let _ = self.flush_records();
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
-            if !self.established && !self.tls.is_handshaking() {
-                self.established = true;
-                events.handshake_done = true;
-            }
-            if self.tls.wants_write() {
-                // Handshake flights and key updates go out at once; what the
-                // socket does not take is flushed at the end of the turn.
-                self.flush_records()?;
-            }
-        }
-    }
-
-    fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-        // Records already encrypted go first: rustls holds at most
-        // `TLS_BUFFER_LIMIT` of them.
-        self.flush_records()?;
-        if self.tls.wants_write() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let taken = self.tls.writer().write_vectored(slices)?;
-        if taken == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        self.flush_records()?;
-        Ok(taken)
-    }
-
-    fn flush_records(&mut self) -> io::Result<()> {
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut self.sock) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Plaintext already read is returned first; the end or error shows on the
-/// next call (the socket stays at EOF, rustls keeps its error).
-fn done_or(filled: usize, e: io::Error) -> io::Result<usize> {
-    if filled > 0 {
-        Ok(filled)
-    } else {
-        Err(e)
     }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tungstenite::{Message, WebSocket};
 
@@ -75,13 +75,140 @@ pub fn client_config(trusted: &[&CertificateDer<'static>], alpn: &[&[u8]]) -> Ar
 pub fn tls_connect(addr: &str, cfg: &Arc<ClientConfig>) -> std::io::Result<TlsStream> {
     let sock = TcpStream::connect(addr)?;
     sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+    tls_over(sock, cfg)
+}
+
+/// Completes the TLS handshake over `sock` (SNI `localhost`).
+pub fn tls_over<S: Read + Write>(
+    mut sock: S,
+    cfg: &Arc<ClientConfig>,
+) -> std::io::Result<StreamOwned<ClientConnection, S>> {
     let name = ServerName::try_from("localhost").expect("server name");
-    let conn = ClientConnection::new(cfg.clone(), name).map_err(std::io::Error::other)?;
-    let mut stream = StreamOwned::new(conn, sock);
-    while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock)?;
+    let mut conn = ClientConnection::new(cfg.clone(), name).map_err(std::io::Error::other)?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock)?;
     }
-    Ok(stream)
+    Ok(StreamOwned::new(conn, sock))
+}
+
+/// A client socket whose traffic the test shapes: writes cut into pieces
+/// of at most `piece` bytes, each sent on its own (TCP_NODELAY, a pause
+/// between them, so the server reads records in parts), or held back until
+/// the test releases them; reads of at most `read_piece` bytes.
+pub struct Valve {
+    sock: TcpStream,
+    state: Arc<Mutex<ValveState>>,
+}
+
+/// How a `Valve` cuts traffic.
+#[derive(Clone, Copy)]
+pub struct Shape {
+    pub piece: usize,
+    pub read_piece: usize,
+    /// SO_RCVBUF before connecting (0: the kernel's, which grows): a small
+    /// one makes the server's writes block while the client lags.
+    pub rcvbuf: usize,
+}
+
+impl Default for Shape {
+    fn default() -> Shape {
+        Shape {
+            piece: usize::MAX,
+            read_piece: usize::MAX,
+            rcvbuf: 0,
+        }
+    }
+}
+
+struct ValveState {
+    shape: Shape,
+    holding: bool,
+    held: Vec<u8>,
+}
+
+/// The test's end of a `Valve`.
+pub struct ValveControl {
+    sock: TcpStream,
+    state: Arc<Mutex<ValveState>>,
+}
+
+impl Valve {
+    pub fn connect(addr: &str, shape: Shape) -> (Valve, ValveControl) {
+        use socket2::{Domain, Socket, Type};
+        let addr: std::net::SocketAddr = addr.parse().expect("address");
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        if shape.rcvbuf > 0 {
+            sock.set_recv_buffer_size(shape.rcvbuf).expect("SO_RCVBUF");
+        }
+        sock.connect(&addr.into()).expect("connect");
+        let sock: TcpStream = sock.into();
+        sock.set_nodelay(true).expect("nodelay");
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let state = Arc::new(Mutex::new(ValveState {
+            shape,
+            holding: false,
+            held: Vec::new(),
+        }));
+        let control = ValveControl {
+            sock: sock.try_clone().expect("clone socket"),
+            state: state.clone(),
+        };
+        (Valve { sock, state }, control)
+    }
+}
+
+impl Read for Valve {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.state.lock().unwrap().shape.read_piece);
+        self.sock.read(&mut buf[..n])
+    }
+}
+
+impl Write for Valve {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut st = self.state.lock().unwrap();
+        if st.holding {
+            st.held.extend_from_slice(buf);
+            return Ok(buf.len());
+        }
+        let n = buf.len().min(st.shape.piece);
+        self.sock.write_all(&buf[..n])?;
+        if n < buf.len() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ValveControl {
+    /// Writes are held back from now on.
+    pub fn hold(&self) {
+        self.state.lock().unwrap().holding = true;
+    }
+
+    /// Bytes held back so far.
+    pub fn held(&self) -> usize {
+        self.state.lock().unwrap().held.len()
+    }
+
+    /// Sends the first `n` held bytes in one write; the rest stays held.
+    pub fn release(&mut self, n: usize) {
+        let mut st = self.state.lock().unwrap();
+        let out: Vec<u8> = st.held.drain(..n).collect();
+        self.sock.write_all(&out).expect("release held bytes");
+    }
+
+    /// Sends everything held and stops holding.
+    pub fn open(&mut self) {
+        let n = self.held();
+        self.release(n);
+        self.state.lock().unwrap().holding = false;
+    }
 }
 
 /// The certificate the server presented.
@@ -109,15 +236,22 @@ pub fn https_metric(addr: &str, cfg: &Arc<ClientConfig>, name: &str, labels: &st
         .sum()
 }
 
-/// A chat client over wss://.
-pub struct WssClient {
-    pub ws: WebSocket<TlsStream>,
+/// A chat client over wss:// (over a plain socket, or any other stream).
+pub struct WssClient<S: Read + Write = TlsStream> {
+    pub ws: WebSocket<S>,
 }
 
 impl WssClient {
     /// Connects `user` and reads its `welcome`.
     pub fn connect(addr: &str, cfg: &Arc<ClientConfig>, user: &str) -> WssClient {
         let stream = tls_connect(addr, cfg).expect("tls connect");
+        WssClient::over(stream, user)
+    }
+}
+
+impl<S: Read + Write> WssClient<S> {
+    /// Upgrades `stream` (TLS already up) for `user` and reads its `welcome`.
+    pub fn over(stream: S, user: &str) -> WssClient<S> {
         let url = format!("wss://localhost/ws?token={}", token(user));
         let (ws, _) = tungstenite::client(url.as_str(), stream).expect("websocket upgrade");
         let mut c = WssClient { ws };
@@ -126,7 +260,7 @@ impl WssClient {
         c
     }
 
-    pub fn stream(&self) -> &TlsStream {
+    pub fn stream(&self) -> &S {
         self.ws.get_ref()
     }
 
