@@ -15,6 +15,7 @@
 
 mod conn;
 mod core;
+mod deferred;
 mod deflate;
 mod io;
 mod transport;
@@ -117,6 +118,8 @@ impl<A: App> Shard<A> {
                 last_refusal_log_ms: 0,
                 refusals_unlogged: 0,
                 deflate: deflate::ShardDeflate::new(cfg.compression_min_bytes),
+                deferred: Default::default(),
+                app_wake_ms: 0,
             },
             app,
             poll,
@@ -143,6 +146,17 @@ impl<A: App> Shard<A> {
             if self.accept_paused_until > 0 {
                 timeout = timeout.min(self.accept_paused_until.saturating_sub(self.core.now_ms));
             }
+            // Deferred frames and the app's timers (presence batches).
+            for at in [
+                self.core.deferred.next_deadline(),
+                Some(self.core.app_wake_ms),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|&at| at > 0)
+            {
+                timeout = timeout.min(at.saturating_sub(self.core.now_ms));
+            }
             if !self.core.local.is_empty()
                 || !self.core.reread.is_empty()
                 || !self.core.drained.is_empty()
@@ -160,6 +174,7 @@ impl<A: App> Shard<A> {
                 }
             }
             self.core.now_ms = self.clock();
+            self.core.app_wake_ms = 0;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
@@ -190,7 +205,9 @@ impl<A: App> Shard<A> {
             // turn, which then starts at once (the poll timeout is 0).
             self.app.end_of_turn(&mut self.core);
             self.core.flush_outbox();
+            self.core.deferred_due();
             self.flush_dirty();
+            self.core.deferred.shrink();
             for key in std::mem::take(&mut self.core.drained) {
                 if self.core.conns.contains(key) {
                     self.app.on_drained(&mut self.core, key);
