@@ -95,7 +95,10 @@ fn order_and_lone_frames(flush_ms: &str) {
     // Nothing else is written to obs: the frames leave by the deadline.
     let mut v = client(&srv, "v");
     join_with(&mut v, "r", None);
-    assert_eq!(obs.recv_json(), json!({"type": "user_joined", "room": "r", "user": "v", "name": "Name v"}));
+    assert_eq!(
+        obs.recv_json(),
+        json!({"type": "user_joined", "room": "r", "user": "v", "name": "Name v"})
+    );
     v.close();
     let left = obs.recv_json();
     assert_eq!(left, json!({"type": "user_left", "room": "r", "user": "v"}));
@@ -189,14 +192,19 @@ fn batched_member_gets_one_diff_plain_member_individual_frames() {
     assert!(joined.is_subset(&set(&["b", "x0", "x1", "x2"])), "{diff}");
     assert!(users_left(&diff).is_empty(), "{diff}");
     let names: Vec<&Value> = diff["joined"].as_array().unwrap().iter().collect();
-    assert!(names.iter().any(|e| e["user"] == "x1" && e["name"] == "Name x1"));
+    assert!(names
+        .iter()
+        .any(|e| e["user"] == "x1" && e["name"] == "Name x1"));
 
     let mut seen = BTreeSet::new();
     while seen.len() < 4 {
         let v = plain.recv_json();
         assert_ne!(v["type"], "presence_diff", "a plain member got a diff: {v}");
         if v["type"] == "user_joined" {
-            assert!(seen.insert(v["user"].as_str().unwrap().to_string()), "twice: {v}");
+            assert!(
+                seen.insert(v["user"].as_str().unwrap().to_string()),
+                "twice: {v}"
+            );
         }
     }
     assert_eq!(seen, set(&["b", "x0", "x1", "x2"]));
