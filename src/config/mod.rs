@@ -278,7 +278,7 @@ options! {
     /// Time allowed for the HTTP upgrade
     handshake_timeout_ms: u64 = 5_000, "handshake-timeout-ms", "MS", check(positive);
     /// Longest a presence frame (user_joined, user_left, typing) waits for the connection's next write before it is flushed alone; 0 = flush at once
-    presence_flush_ms: u64 = 50, "presence-flush-ms", "MS";
+    presence_flush_ms: u64 = 250, "presence-flush-ms", "MS";
     /// Window of a presence_diff for members that joined with "presence":"batched"
     presence_batch_ms: u64 = 250, "presence-batch-ms", "MS", check(positive);
     /// Per-connection send buffer before it is closed as too slow
