@@ -226,6 +226,7 @@ impl ChatApp {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn join(
         &mut self,
         port: &mut ChatPort,

@@ -10,7 +10,9 @@
 //! Per loop turn: handle socket events, drain the inter-shard inbox, run the
 //! app's end-of-turn work, send the batched bus messages (one channel send
 //! and one wake per destination shard), then flush every connection that got
-//! frames this turn with one `writev` each. The reactor knows nothing of
+//! frames this turn with one `writev` each. Deferred frames (presence) do
+//! not make a connection flush: they go with its next write, or when their
+//! deadline comes up in `deferred`. The reactor knows nothing of
 //! chat: it calls the app's hooks and the app answers through `app::Port`.
 
 mod conn;
