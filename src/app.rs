@@ -53,6 +53,15 @@ pub trait Port<M, S> {
             self.send_shared(key, frame);
         }
     }
+    /// [`Port::send_shared`] for a frame that need not leave this turn
+    /// (presence): it goes with the connection's next write, or within
+    /// `--presence-flush-ms`. Order on the connection is kept.
+    fn send_shared_deferred(&mut self, key: usize, frame: &SharedFrame) {
+        self.send_shared(key, frame);
+    }
+    /// Asks for a turn (and so `App::end_of_turn`) by this clock (ms); asked
+    /// again each turn while still needed.
+    fn wake_at(&mut self, _at_ms: u64) {}
     /// Starts the closing handshake; `why` labels the disconnect metric.
     fn close(&mut self, key: usize, code: u16, reason: &str, why: DisconnectReason);
     /// Answers an HTTP request that `App::on_http` deferred (or any other).

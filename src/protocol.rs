@@ -107,6 +107,9 @@ pub enum Request<'a> {
         since: Option<u64>,
         /// Extension: `joined` also carries the members' read markers.
         reads: bool,
+        /// Extension (`"presence":"batched"`): presence of this room comes
+        /// as `presence_diff` frames instead of `user_joined`/`user_left`.
+        batched: bool,
     },
     Leave {
         room: &'a str,
@@ -166,6 +169,8 @@ struct RawRequest<'a> {
     seq: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     reads: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    presence: Option<&'a RawValue>,
 }
 
 /// A field that is present, whatever its value (`null` included).
@@ -264,6 +269,7 @@ fn validate<'a>(raw: &RawRequest<'a>, max_body: usize) -> Result<Request<'a>, Pr
             room: room_field(raw.room)?,
             since: opt_u64(raw.since, "since")?,
             reads: opt_bool(raw.reads, "reads")?,
+            batched: presence_mode(raw.presence)?,
         },
         "leave" => Request::Leave {
             room: room_field(raw.room)?,
@@ -376,6 +382,19 @@ fn opt_bool(raw: Option<&RawValue>, name: &str) -> Result<bool, ProtoError> {
         Some(_) => Err(ProtoError::new(
             ErrorCode::BadRequest,
             format!("field {name} must be true or false"),
+        )),
+    }
+}
+
+/// A join's `presence`: `"individual"` (the default, also when absent or
+/// null) or `"batched"`; anything else is `bad_request`.
+fn presence_mode(raw: Option<&RawValue>) -> Result<bool, ProtoError> {
+    match raw.map(RawValue::get) {
+        None | Some("null") | Some("\"individual\"") => Ok(false),
+        Some("\"batched\"") => Ok(true),
+        Some(_) => Err(ProtoError::new(
+            ErrorCode::BadRequest,
+            "field presence must be \"individual\" or \"batched\"",
         )),
     }
 }
@@ -513,7 +532,8 @@ mod tests {
                 Ok(Request::Join {
                     room: "lobby",
                     since: Some(5),
-                    reads: false
+                    reads: false,
+                    batched: false
                 })
             )
         );
@@ -715,7 +735,8 @@ mod tests {
             Ok(Request::Join {
                 room: "r",
                 since: None,
-                reads: false
+                reads: false,
+                batched: false
             })
         );
     }
@@ -791,7 +812,8 @@ mod tests {
             Ok(Request::Join {
                 room: "r",
                 since: None,
-                reads: true
+                reads: true,
+                batched: false
             })
         );
         assert!(matches!(
@@ -802,5 +824,24 @@ mod tests {
             .1
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn join_presence_mode_is_individual_or_batched() {
+        assert!(matches!(
+            parse(r#"{"type":"join","room":"r","presence":"batched"}"#).1,
+            Ok(Request::Join { batched: true, .. })
+        ));
+        for plain in [r#""individual""#, "null"] {
+            let text = format!(r#"{{"type":"join","room":"r","presence":{plain}}}"#);
+            assert!(matches!(
+                parse(&text).1,
+                Ok(Request::Join { batched: false, .. })
+            ));
+        }
+        for bad in [r#""Batched""#, "true", "1", r#""diff""#] {
+            let text = format!(r#"{{"type":"join","room":"r","presence":{bad}}}"#);
+            assert_eq!(parse(&text).1.unwrap_err().code, ErrorCode::BadRequest);
+        }
     }
 }

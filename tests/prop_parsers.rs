@@ -168,7 +168,7 @@ proptest! {
     ) {
         let body_json = serde_json::to_string(&body).unwrap();
         let cases = [
-            (json!({"type": "join", "room": room, "since": seq, "id": id}), Request::Join { room: &room, since: Some(seq), reads: false }),
+            (json!({"type": "join", "room": room, "since": seq, "id": id}), Request::Join { room: &room, since: Some(seq), reads: false, batched: false }),
             (json!({"type": "leave", "room": room, "id": id}), Request::Leave { room: &room }),
             (json!({"type": "publish", "room": room, "body": body, "id": id}), Request::Publish { room: &room, body: &body_json }),
             (json!({"type": "dm", "to": user, "body": body, "id": id}), Request::Dm { to: &user, body: &body_json }),

@@ -164,6 +164,10 @@ pub struct Common {
     /// after another (as after a reconnect storm), so their joins fall close together
     #[arg(long)]
     pub room_blocks: bool,
+    /// corechat: join with "presence":"batched" (presence as one presence_diff per room per
+    /// window instead of a user_joined/user_left per change)
+    #[arg(long)]
+    pub presence_batched: bool,
     /// Connections being set up at once (TCP connect + upgrade + welcome + join)
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: usize,

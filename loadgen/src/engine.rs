@@ -99,6 +99,8 @@ pub struct Config {
     /// Rooms in consecutive blocks (connection i joins room i / ceil(C/R)): a room's
     /// members connect one after another, as after a reconnect storm. Default: i mod R.
     pub room_blocks: bool,
+    /// corechat: joins ask for batched presence (`presence_diff`).
+    pub presence_batched: bool,
 }
 
 impl Config {
@@ -1250,7 +1252,8 @@ impl Worker {
         self.pbuf.clear();
         let id = self.next_id;
         self.next_id += 1;
-        proto::join_payload(&mut self.pbuf, self.cfg.target, room, id);
+        let batched = self.cfg.presence_batched;
+        proto::join_payload(&mut self.pbuf, self.cfg.target, room, id, batched);
         self.conns[slot].st = St::Joining;
         self.send_pbuf(slot);
     }

@@ -74,7 +74,8 @@ pub fn room_name(out: &mut Vec<u8>, room: u32) {
     let _ = write!(out, "lg-room-{room}");
 }
 
-pub fn join_payload(out: &mut Vec<u8>, target: Target, room: u32, id: u64) {
+/// A join; `batched` (corechat only) asks for presence as `presence_diff`.
+pub fn join_payload(out: &mut Vec<u8>, target: Target, room: u32, id: u64, batched: bool) {
     if target == Target::Socketio {
         out.extend_from_slice(b"42[\"join\",\"");
         room_name(out, room);
@@ -82,6 +83,9 @@ pub fn join_payload(out: &mut Vec<u8>, target: Target, room: u32, id: u64) {
     } else {
         out.extend_from_slice(b"{\"type\":\"join\",\"room\":\"");
         room_name(out, room);
+        if batched && target == Target::Corechat {
+            out.extend_from_slice(b"\",\"presence\":\"batched");
+        }
         let _ = write!(out, "\",\"id\":{id}}}");
     }
 }
@@ -503,17 +507,24 @@ mod tests {
             assert_eq!(v["room"], "lg-room-7");
             assert_eq!(v["id"], 99);
             let mut out = Vec::new();
-            join_payload(&mut out, target, 7, 1);
+            join_payload(&mut out, target, 7, 1, false);
             let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
             assert_eq!(v["type"], "join");
+            assert!(v.get("presence").is_none());
         }
+        let mut out = Vec::new();
+        join_payload(&mut out, Target::Corechat, 7, 1, true);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["presence"], "batched");
+        assert_eq!(v["room"], "lg-room-7");
+        assert_eq!(v["id"], 1);
         let mut out = Vec::new();
         publish_payload(&mut out, Target::Socketio, 2, 5, 77, 0, 64);
         assert!(out.starts_with(b"42[\"publish\","));
         let v: serde_json::Value = serde_json::from_slice(&out[2..]).unwrap();
         assert_eq!(v[1]["room"], "lg-room-2");
         let mut out = Vec::new();
-        join_payload(&mut out, Target::Socketio, 2, 5);
+        join_payload(&mut out, Target::Socketio, 2, 5, false);
         assert_eq!(out, b"42[\"join\",\"lg-room-2\"]");
     }
 
@@ -607,6 +618,10 @@ mod tests {
         assert_eq!(
             c.classify(br#"{"type":"user_joined","room":"r","user":"u","name":"u"}"#),
             In::Other(b"user_joined")
+        );
+        assert_eq!(
+            c.classify(br#"{"type":"presence_diff","room":"r","joined":[{"user":"u","name":"u"}],"left":["v"]}"#),
+            In::Other(b"presence_diff")
         );
         assert_eq!(c.classify(b"not json"), In::Other(b""));
         let s = Classifier::new(Target::Socketio);

@@ -286,6 +286,7 @@ pub fn build_config(spec: &Spec, c: &Common) -> anyhow::Result<Config> {
         window: spec.window,
         deflate: c.deflate,
         room_blocks: c.room_blocks,
+        presence_batched: c.presence_batched,
     })
 }
 

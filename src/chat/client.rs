@@ -163,7 +163,12 @@ impl ChatApp {
                 port.send(key, frames::pong(id));
                 Ok(())
             }
-            Request::Join { room, since, reads } => self.join(port, key, id, room, since, reads),
+            Request::Join {
+                room,
+                since,
+                reads,
+                batched,
+            } => self.join(port, key, id, room, since, reads, batched),
             Request::Leave { room } => self.leave(port, key, id, room),
             Request::Publish { room, body } => self.publish_request(port, key, id, room, body),
             Request::Dm { to, body } => self.dm(port, key, id, to, body),
@@ -221,6 +226,7 @@ impl ChatApp {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn join(
         &mut self,
         port: &mut ChatPort,
@@ -229,6 +235,7 @@ impl ChatApp {
         room: &str,
         since: Option<Seq>,
         reads: bool,
+        batched: bool,
     ) -> Outcome {
         let who = Self::requester(port, key)?;
         let session = port.session(key).ok_or(Refused::Closed)?;
@@ -247,8 +254,8 @@ impl ChatApp {
         let session = port.session(key).ok_or(Refused::Closed)?;
         let room: RoomName = Arc::from(room);
         let mut rejoin = false;
-        if let Some(j) = session.joined(&room) {
-            match j.state {
+        if let Some((state, was_batched)) = session.joined(&room).map(|j| (j.state, j.batched)) {
+            match state {
                 JoinState::Pending | JoinState::Replaying { .. } => {
                     return Err(
                         ProtoError::new(ErrorCode::BadRequest, "join already in progress").into(),
@@ -257,14 +264,16 @@ impl ChatApp {
                 JoinState::Member(pos) => {
                     // A second join replays again: stop live frames until
                     // the new JoinDone, which brings the replay.
-                    self.remove_member(port, &room, pos);
+                    self.remove_member(port, &room, pos, was_batched);
                     rejoin = true;
                 }
                 JoinState::Dm => rejoin = true,
             }
         }
+        // DM rooms have two members: their presence stays individual.
+        let batched = batched && !room.starts_with("dm:");
         if let Some(s) = port.session_mut(key) {
-            s.set_pending(&room);
+            s.set_pending(&room, batched);
         }
         Self::expect_reply(port, key);
         let msg = HomeMsg::Join {
@@ -274,6 +283,7 @@ impl ChatApp {
             id: id.clone(),
             rejoin,
             reads,
+            batched,
         };
         self.router.to_room_home(port, &room, msg);
         Ok(())
@@ -287,9 +297,9 @@ impl ChatApp {
         let Some(j) = session.joined(room) else {
             return Err(not_joined("not joined to this room"));
         };
-        let (state, room) = (j.state, j.room.clone());
+        let (state, room, batched) = (j.state, j.room.clone(), j.batched);
         if let JoinState::Member(pos) = state {
-            self.remove_member(port, &room, pos);
+            self.remove_member(port, &room, pos, batched);
         }
         if let Some(s) = port.session_mut(key) {
             s.forget(&room);
@@ -300,6 +310,7 @@ impl ChatApp {
             conn: who.conn,
             user: who.user,
             explicit: true,
+            batched,
         };
         self.router.to_room_home(port, &room, msg);
         Ok(())

@@ -174,6 +174,38 @@ pub fn user_left(room: &str, user: &str) -> Bytes {
     text(&out)
 }
 
+/// `presence_diff` (extension): who joined (user id, display name as a
+/// JSON literal) and who left since the room's previous diff.
+pub fn presence_diff<'a>(
+    room: &str,
+    joined: impl Iterator<Item = (&'a str, &'a str)>,
+    left: impl Iterator<Item = &'a str>,
+) -> Bytes {
+    let mut out = start("presence_diff", None, room, 256);
+    out.extend_from_slice(b",\"joined\":[");
+    for (i, (user, name_json)) in joined.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"user\":\"");
+        out.extend_from_slice(user.as_bytes());
+        out.extend_from_slice(b"\",\"name\":");
+        out.extend_from_slice(name_json.as_bytes());
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"left\":[");
+    for (i, user) in left.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(user.as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"]}");
+    text(&out)
+}
+
 pub fn typing(room: &str, from: &str) -> Bytes {
     let mut out = start("typing", None, room, 80);
     out.extend_from_slice(b",\"from\":\"");

@@ -3,7 +3,7 @@
 //! every local member (the fan-out's last step).
 
 use super::frames;
-use super::msg::{HomeMsg, MemberMsg, ReplayPage, UserMsg};
+use super::msg::{Delivery, HomeMsg, MemberMsg, ReplayPage, UserMsg};
 use super::session::{JoinState, Session};
 use super::{ChatApp, ChatPort, RoomName, Seq};
 use crate::bus::ConnRef;
@@ -71,13 +71,14 @@ impl ChatApp {
         let user = session.identity.user.clone();
         for joined in &session.rooms {
             if let JoinState::Member(pos) = joined.state {
-                self.remove_member(port, &joined.room, pos);
+                self.remove_member(port, &joined.room, pos, joined.batched);
             }
             let msg = HomeMsg::Leave {
                 room: joined.room.clone(),
                 conn,
                 user: user.clone(),
                 explicit: false,
+                batched: joined.batched,
             };
             self.router.to_room_home(port, &joined.room, msg);
         }
@@ -96,13 +97,27 @@ impl ChatApp {
 
     /// Removes the member at `pos` of a local room list; the member moved
     /// into its place gets its index updated.
-    pub(super) fn remove_member(&mut self, port: &mut ChatPort, room: &RoomName, pos: u32) {
+    pub(super) fn remove_member(
+        &mut self,
+        port: &mut ChatPort,
+        room: &RoomName,
+        pos: u32,
+        batched: bool,
+    ) {
         let Some(members) = self.local.get_mut(room) else {
             return;
         };
         let pos = pos as usize;
         if pos >= members.len() {
             return;
+        }
+        if batched {
+            if let Some(n) = self.local_batched.get_mut(room) {
+                *n -= 1;
+                if *n == 0 {
+                    self.local_batched.remove(room);
+                }
+            }
         }
         members.swap_remove(pos);
         if let Some(&moved) = members.get(pos) {
@@ -140,7 +155,8 @@ impl ChatApp {
                 frame,
                 except_user,
                 received,
-            } => self.room_frame(port, &room, frame, except_user.as_deref(), received),
+                class,
+            } => self.room_frame(port, &room, frame, except_user.as_deref(), received, class),
             MemberMsg::UserFrame {
                 user,
                 room,
@@ -223,6 +239,9 @@ impl ChatApp {
             let members = self.local.entry(room.clone()).or_default();
             joined.state = JoinState::Member(members.len() as u32);
             members.push(key);
+            if joined.batched {
+                *self.local_batched.entry(room.clone()).or_default() += 1;
+            }
         }
         // DM frames that came by the user route during the join: only those
         // the replay did not already carry.
@@ -302,25 +321,45 @@ impl ChatApp {
         frame: SharedFrame,
         except_user: Option<&str>,
         received: Option<Instant>,
+        class: Delivery,
     ) {
         let Some(members) = self.local.get(room) else {
             return;
         };
-        let delivered = match except_user {
-            None => {
+        let batched_here = self.local_batched.get(room).copied().unwrap_or(0);
+        // Some(b): only members whose presence mode is batched == b.
+        let only = match class {
+            Delivery::Diff if batched_here == 0 => return,
+            Delivery::Diff => Some(true),
+            Delivery::Presence if batched_here > 0 => Some(false),
+            _ => None,
+        };
+        let deferred = class != Delivery::Now;
+        let delivered = match (except_user, only, deferred) {
+            (None, None, false) => {
                 port.send_many_shared(members, &frame);
                 members.len()
             }
-            Some(except) => {
+            _ => {
                 let mut n = 0;
                 for &key in members {
-                    let same = port
-                        .session(key)
-                        .is_some_and(|s| &*s.identity.user == except);
-                    if !same {
-                        port.send_shared(key, &frame);
-                        n += 1;
+                    let Some(s) = port.session(key) else {
+                        continue;
+                    };
+                    if except_user.is_some_and(|e| *s.identity.user == *e) {
+                        continue;
                     }
+                    if let Some(want) = only {
+                        if s.joined(room).is_some_and(|j| j.batched) != want {
+                            continue;
+                        }
+                    }
+                    if deferred {
+                        port.send_shared_deferred(key, &frame);
+                    } else {
+                        port.send_shared(key, &frame);
+                    }
+                    n += 1;
                 }
                 n
             }

@@ -113,11 +113,16 @@ pub struct ChatApp {
     // -- member role
     /// Room -> local member connection keys.
     local: HashMap<RoomName, Vec<usize>>,
+    /// Room -> how many of its local members have batched presence (rooms
+    /// with none are absent: their presence frames take the plain path).
+    local_batched: HashMap<RoomName, u32>,
     /// User -> local connection keys (for DMs). Inline for up to two
     /// connections: no allocation for most users.
     users_here: HashMap<UserId, SmallVec<[usize; 2]>>,
     // -- home role
     homes: HashMap<RoomName, HomeRoom>,
+    /// Rooms with a `presence_diff` pending, by when it is due.
+    presence_due: std::collections::VecDeque<(u64, RoomName)>,
     // -- user-home role
     user_homes: HashMap<UserId, UserHome>,
     gathers: HashMap<u64, Gather>,
@@ -152,8 +157,10 @@ impl ChatApp {
                 .map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
             page_bytes: room::page_bytes(cfg.max_outbound_bytes),
             local: HashMap::new(),
+            local_batched: HashMap::new(),
             users_here: HashMap::new(),
             homes: HashMap::new(),
+            presence_due: std::collections::VecDeque::new(),
             user_homes: HashMap::new(),
             gathers: HashMap::new(),
             next_gather: 1,
@@ -293,6 +300,7 @@ impl App for ChatApp {
     fn end_of_turn(&mut self, port: &mut ChatPort) {
         self.store_turn(port);
         self.cluster_turn(port);
+        self.presence_turn(port);
     }
 
     fn on_tick(&mut self, port: &mut ChatPort) {

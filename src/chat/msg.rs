@@ -69,6 +69,8 @@ pub enum HomeMsg {
         rejoin: bool,
         /// `joined` carries the members' read markers (extension).
         reads: bool,
+        /// Presence as `presence_diff` frames (extension).
+        batched: bool,
     },
     /// A connection left the room (request or disconnect).
     Leave {
@@ -76,6 +78,8 @@ pub enum HomeMsg {
         conn: ConnRef,
         user: UserId,
         explicit: bool,
+        /// The connection joined with batched presence.
+        batched: bool,
     },
     Publish(Box<PublishReq>),
     History {
@@ -152,6 +156,7 @@ pub enum MemberMsg {
         frame: SharedFrame,
         except_user: Option<UserId>,
         received: Option<Instant>,
+        class: Delivery,
     },
     /// A DM-room frame for every local connection of `user` (`seq` 0: not a
     /// message, e.g. typing).
@@ -170,6 +175,20 @@ pub enum MemberMsg {
         status: u16,
         body: Bytes,
     },
+}
+
+/// Which members get a room frame, and whether it must leave this turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every member, written this turn (messages, read markers).
+    Now,
+    /// Every member, deferred (`--presence-flush-ms`): `typing`.
+    Deferred,
+    /// `user_joined`/`user_left`: deferred, to members without batched
+    /// presence.
+    Presence,
+    /// `presence_diff`: deferred, to members with batched presence only.
+    Diff,
 }
 
 /// A page of a paced replay.

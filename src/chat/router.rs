@@ -8,7 +8,7 @@
 //! still local shards, and whose fan-out also reaches other nodes through
 //! the broker.
 
-use super::msg::{ChatMsg, HomeMsg, MemberMsg, UserMsg};
+use super::msg::{ChatMsg, Delivery, HomeMsg, MemberMsg, UserMsg};
 use super::{ChatPort, RoomName, Seq, UserId};
 use crate::bus::{home_of, ConnRef};
 use crate::ws::SharedFrame;
@@ -24,6 +24,7 @@ pub trait Router {
     /// Hands one encoded frame to every shard with local members of a room
     /// (`shard_members[s]`: member connections on shard `s`). The shards
     /// share it, and share its compressed twin, made once on first need.
+    #[allow(clippy::too_many_arguments)]
     fn fan_out(
         &self,
         port: &mut ChatPort,
@@ -32,6 +33,7 @@ pub trait Router {
         frame: Bytes,
         except_user: Option<UserId>,
         received: Option<Instant>,
+        class: Delivery,
     ) {
         let frame = SharedFrame::new(frame);
         for (shard, &n) in shard_members.iter().enumerate() {
@@ -43,6 +45,7 @@ pub trait Router {
                         frame: frame.clone(),
                         except_user: except_user.clone(),
                         received,
+                        class,
                     }),
                 );
             }

@@ -36,6 +36,10 @@ pub(super) struct Joined {
     pub floor: Seq,
     /// DM frames that arrived while the join was pending.
     pub held: Vec<(Seq, Bytes)>,
+    /// Presence of this room comes as `presence_diff` (extension). Set by
+    /// the first join; a second join of the room keeps it, as the home
+    /// counts the connection once.
+    pub batched: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -77,7 +81,7 @@ impl Session {
     }
 
     /// Marks `room` as waiting for the home's answer.
-    pub(super) fn set_pending(&mut self, room: &RoomName) {
+    pub(super) fn set_pending(&mut self, room: &RoomName, batched: bool) {
         match self.joined_mut(room) {
             Some(j) => j.state = JoinState::Pending,
             None => push_small(
@@ -87,6 +91,7 @@ impl Session {
                     state: JoinState::Pending,
                     floor: 0,
                     held: Vec::new(),
+                    batched,
                 },
             ),
         }

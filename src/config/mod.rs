@@ -279,6 +279,10 @@ options! {
     heartbeat_timeout_ms: u64 = 10_000, "heartbeat-timeout-ms", "MS", check(positive);
     /// Time allowed for the HTTP upgrade
     handshake_timeout_ms: u64 = 5_000, "handshake-timeout-ms", "MS", check(positive);
+    /// Longest a presence frame (user_joined, user_left, typing) waits for the connection's next write before it is flushed alone; 0 = flush at once
+    presence_flush_ms: u64 = 250, "presence-flush-ms", "MS";
+    /// Window of a presence_diff for members that joined with "presence":"batched"
+    presence_batch_ms: u64 = 250, "presence-batch-ms", "MS", check(positive);
     /// Per-connection send buffer before it is closed as too slow
     max_outbound_bytes: usize = 4 * 1024 * 1024, "max-outbound-bytes", "BYTES", check(positive);
     /// Open connections per client IP

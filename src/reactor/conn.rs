@@ -52,6 +52,9 @@ pub struct Conn<S> {
     pub deadline_ms: u64,
     /// Already on the shard's list of connections to flush this turn.
     pub dirty: bool,
+    /// Deferred frames (presence) are queued but not yet flushed: they
+    /// leave with the next write, or at this shard clock (ms). 0: none.
+    pub deferred_until: u64,
     /// Counted against the per-IP connection cap.
     pub ip_counted: bool,
     /// An HTTP request is being answered asynchronously; read no more.
@@ -90,6 +93,7 @@ impl<S> Conn<S> {
             partial_since_ms: 0,
             deadline_ms: 0,
             dirty: false,
+            deferred_until: 0,
             ip_counted: false,
             awaiting_reply: false,
             keep_alive: true,

@@ -54,6 +54,11 @@ pub struct Core<M, S> {
     /// atomic add per delivery is a measurable share of a 1,000-member
     /// fan-out.
     pub(super) frames_queued: u64,
+    /// Connections holding deferred frames, by deadline (`--presence-flush-ms`).
+    pub(super) deferred: super::deferred::DeferredQueue,
+    /// The app asked to run again by this shard clock (ms); 0: no ask.
+    /// Reset every turn.
+    pub(super) app_wake_ms: u64,
 }
 
 /// Shortest interval between two logged upgrade refusals on a shard.
@@ -122,6 +127,59 @@ impl<M, S> Core<M, S> {
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
+        }
+    }
+
+    /// Queues a frame that need not leave this turn (presence): it goes
+    /// with the connection's next write, or by the deferral deadline. Order
+    /// is kept (one queue); the bytes count as unsent like any other.
+    pub(super) fn send_frame_deferred(&mut self, key: usize, frame: Bytes) {
+        let now = self.now_ms;
+        let delay = self.shared.cfg.presence_flush_ms;
+        let pause_bytes = self.pause_bytes;
+        if delay == 0 {
+            return self.send_frame(key, frame);
+        }
+        let room = self.deferred.len() < super::deferred::cap(self.conns.len());
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase != Phase::Ws {
+            return;
+        }
+        conn.out_bytes += frame.len();
+        conn.out.push_back(frame);
+        self.frames_queued += 1;
+        if conn.dirty || (conn.deferred_until != 0 && conn.out_bytes <= pause_bytes) {
+            return; // leaves this turn, or already waits for its deadline
+        }
+        // Too much held for one connection, or the queue of waiting
+        // connections is full: write now, as without deferral.
+        if conn.out_bytes > pause_bytes || !room {
+            conn.dirty = true;
+            self.dirty.push(key);
+            return;
+        }
+        let at = now + delay;
+        conn.deferred_until = at;
+        let id = conn.id;
+        self.deferred.push(at, key, id);
+    }
+
+    /// Connections whose deferred frames are due are flushed this turn.
+    pub(super) fn deferred_due(&mut self) {
+        let now = self.now_ms;
+        while let Some((key, id)) = self.deferred.pop_due(now) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                // Stale entries (flushed meanwhile, or a reused slot) pass.
+                if conn.id == id && conn.deferred_until != 0 && conn.deferred_until <= now {
+                    conn.deferred_until = 0;
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push(key);
+                    }
+                }
+            }
         }
     }
 
@@ -285,6 +343,22 @@ impl<M, S> Port<M, S> for Core<M, S> {
     fn send_many_shared(&mut self, keys: &[usize], frame: &SharedFrame) {
         for &key in keys {
             self.send_shared(key, frame);
+        }
+    }
+
+    fn send_shared_deferred(&mut self, key: usize, frame: &SharedFrame) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let bytes = self
+            .deflate
+            .frame_for(conn.deflate.as_deref(), frame, &self.metrics);
+        self.send_frame_deferred(key, bytes);
+    }
+
+    fn wake_at(&mut self, at_ms: u64) {
+        if self.app_wake_ms == 0 || at_ms < self.app_wake_ms {
+            self.app_wake_ms = at_ms.max(1);
         }
     }
 

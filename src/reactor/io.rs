@@ -567,6 +567,8 @@ impl<A: App> Shard<A> {
             return;
         };
         let mut written_total = 0u64;
+        // Deferred frames leave with this write.
+        conn.deferred_until = 0;
         // TLS records left from the handshake or an earlier turn go first.
         let mut failed = conn.io.wants_write() && conn.io.flush_records().is_err();
         while !failed && !conn.out.is_empty() {

@@ -10,11 +10,14 @@
 //! Per loop turn: handle socket events, drain the inter-shard inbox, run the
 //! app's end-of-turn work, send the batched bus messages (one channel send
 //! and one wake per destination shard), then flush every connection that got
-//! frames this turn with one `writev` each. The reactor knows nothing of
+//! frames this turn with one `writev` each. Deferred frames (presence) do
+//! not make a connection flush: they go with its next write, or when their
+//! deadline comes up in `deferred`. The reactor knows nothing of
 //! chat: it calls the app's hooks and the app answers through `app::Port`.
 
 mod conn;
 mod core;
+mod deferred;
 mod deflate;
 mod io;
 mod tls_stream;
@@ -124,6 +127,8 @@ impl<A: App> Shard<A> {
                 refusals_unlogged: 0,
                 frames_queued: 0,
                 deflate: deflate::ShardDeflate::new(cfg.compression_min_bytes),
+                deferred: Default::default(),
+                app_wake_ms: 0,
             },
             app,
             poll,
@@ -152,6 +157,17 @@ impl<A: App> Shard<A> {
             if self.accept_paused_until > 0 {
                 timeout = timeout.min(self.accept_paused_until.saturating_sub(self.core.now_ms));
             }
+            // Deferred frames and the app's timers (presence batches).
+            for at in [
+                self.core.deferred.next_deadline(),
+                Some(self.core.app_wake_ms),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|&at| at > 0)
+            {
+                timeout = timeout.min(at.saturating_sub(self.core.now_ms));
+            }
             if !self.core.local.is_empty()
                 || !self.core.reread.is_empty()
                 || !self.core.drained.is_empty()
@@ -169,6 +185,7 @@ impl<A: App> Shard<A> {
                 }
             }
             self.core.now_ms = self.clock();
+            self.core.app_wake_ms = 0;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
@@ -199,7 +216,9 @@ impl<A: App> Shard<A> {
             // turn, which then starts at once (the poll timeout is 0).
             self.app.end_of_turn(&mut self.core);
             self.core.flush_outbox();
+            self.core.deferred_due();
             self.flush_dirty();
+            self.core.deferred.shrink();
             for key in std::mem::take(&mut self.core.drained) {
                 if self.core.conns.contains(key) {
                     self.app.on_drained(&mut self.core, key);

@@ -14,8 +14,8 @@ mod dm;
 mod join;
 
 use super::frames::{self, RoomEntry};
-use super::msg::{MemberMsg, PublishReq};
-use super::room::JoinRequest;
+use super::msg::{Delivery, MemberMsg, PublishReq};
+use super::room::{JoinRequest, PresenceEvent};
 use super::{now_unix_ms, ChatApp, ChatPort, RoomName, Seq, UserId};
 use crate::broker::{
     BrokerError, BrokerEvent, BrokerHandle, ChannelFrame, ChannelKind, GapTracker, Incoming,
@@ -204,6 +204,31 @@ pub(super) fn payload(frame: &Bytes) -> Bytes {
     frame.slice(hdr.min(frame.len())..)
 }
 
+/// The presence change a broker frame announces (`user_joined` and
+/// `user_left` as the presence scripts write them), if it is one.
+fn presence_of(json: &[u8]) -> Option<PresenceEvent> {
+    #[derive(serde::Deserialize)]
+    struct P<'a> {
+        user: String,
+        #[serde(borrow)]
+        name: Option<&'a serde_json::value::RawValue>,
+    }
+    let joined = json.starts_with(br#"{"type":"user_joined""#);
+    if !joined && !json.starts_with(br#"{"type":"user_left""#) {
+        return None;
+    }
+    let p: P<'_> = serde_json::from_slice(json).ok()?;
+    let user = UserId::from(p.user.as_str());
+    Some(match (joined, p.name) {
+        (true, Some(name)) => PresenceEvent::Joined {
+            user,
+            name_json: name.get().into(),
+        },
+        (true, None) => return None,
+        (false, _) => PresenceEvent::Left { user },
+    })
+}
+
 /// A stream entry as a stored message (replay and history pages).
 pub(super) fn stored_of_entry(room: &str, e: &StreamEntry) -> Option<StoredMessage> {
     #[derive(serde::Deserialize)]
@@ -312,10 +337,20 @@ impl ChatApp {
         };
         if f.seq == 0 {
             let frame = frames::text(&f.json);
+            if let Some(ev) = presence_of(&f.json) {
+                // Batched for this node's batched members, like on one node.
+                self.presence_event(port, &room_name, ev, frame);
+                return;
+            }
             let except = f.except_user.map(|u| Arc::from(u.as_str()));
             let members = &home.shard_members;
+            let class = if f.json.starts_with(br#"{"type":"typing""#) {
+                Delivery::Deferred
+            } else {
+                Delivery::Now
+            };
             self.router
-                .fan_out(port, &room_name, members, frame, except, None);
+                .fan_out(port, &room_name, members, frame, except, None, class);
             return;
         }
         if home.cluster.tracker.is_some() && f.epoch.as_deref().is_some_and(|e| *e != *home.epoch) {
@@ -347,7 +382,7 @@ impl ChatApp {
             home.push_ring(seq, ts, frame.clone(), hdr, ring_cap);
             let members = &home.shard_members;
             self.router
-                .fan_out(port, room_name, members, frame, None, None);
+                .fan_out(port, room_name, members, frame, None, None, Delivery::Now);
         }
         if step.skipped > 0 {
             tracing::warn!(room = %room_name, skipped = step.skipped, "messages trimmed from the stream were skipped");

@@ -12,7 +12,7 @@
 use super::super::frames;
 use super::super::msg::{MemberMsg, ReplayPage, UserMsg};
 use super::super::{ChatApp, ChatPort, NameJson, RoomName, Seq, UserId};
-use super::{store_unavailable, HomeRoom, Presence, StoreOp};
+use super::{store_unavailable, HomeRoom, Presence, PresenceEvent, StoreOp};
 use crate::bus::ConnRef;
 use crate::protocol::ReqId;
 use crate::store::{RangeQuery, StoreError, StoredMessage};
@@ -44,6 +44,8 @@ pub(in crate::chat) struct JoinRequest {
     pub cluster_members: Option<u64>,
     /// `joined` carries the members' read markers (extension).
     pub reads: bool,
+    /// Presence as `presence_diff` frames (extension).
+    pub batched: bool,
 }
 
 /// A join whose first replay page is being read from the store.
@@ -226,6 +228,9 @@ impl ChatApp {
         if !join.rejoin {
             if room.dm.is_none() {
                 room.shard_members[join.conn.shard as usize] += 1;
+                if join.batched {
+                    room.shard_batched[join.conn.shard as usize] += 1;
+                }
             }
             let p = room.users.entry(join.user.clone()).or_insert(Presence {
                 name_json: join.name_json.clone(),
@@ -277,7 +282,13 @@ impl ChatApp {
             match self.broker() {
                 // Redis announces it to every node (this one included).
                 Some(b) => b.presence_add(room_name, &join.user, &join.name_json, None),
-                None => self.broadcast(port, room_name, frame, Some(join.user)),
+                None => {
+                    let ev = PresenceEvent::Joined {
+                        user: join.user,
+                        name_json: join.name_json,
+                    };
+                    self.presence_event(port, room_name, ev, frame);
+                }
             }
         }
     }
@@ -289,6 +300,7 @@ impl ChatApp {
         conn: ConnRef,
         user: &UserId,
         explicit: bool,
+        batched: bool,
     ) {
         let Some(room) = self.homes.get_mut(room_name) else {
             return;
@@ -304,6 +316,9 @@ impl ChatApp {
             if let Some(n) = room.shard_members.get_mut(conn.shard as usize) {
                 *n = n.saturating_sub(1);
             }
+            if let Some(n) = room.shard_batched.get_mut(conn.shard as usize) {
+                *n = n.saturating_sub(u32::from(batched));
+            }
         }
         let Some(p) = room.users.get_mut(user) else {
             return;
@@ -317,12 +332,11 @@ impl ChatApp {
         let unlist = explicit && room.dm.is_none();
         match self.broker() {
             Some(b) => b.presence_remove(room_name, user, None),
-            None => self.broadcast(
-                port,
-                room_name,
-                frames::user_left(room_name, user),
-                Some(user.clone()),
-            ),
+            None => {
+                let frame = frames::user_left(room_name, user);
+                let ev = PresenceEvent::Left { user: user.clone() };
+                self.presence_event(port, room_name, ev, frame);
+            }
         }
         self.evict_if_unused(room_name);
         if unlist {

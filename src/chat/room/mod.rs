@@ -6,12 +6,13 @@
 //! the ring, hands the same buffer to the router for fan-out to every shard
 //! with members, and acks the publisher. Without a store, commit is at once.
 
+mod batch;
 mod history;
 mod join;
 mod presence;
 
 use super::frames;
-use super::msg::{HomeMsg, MemberMsg, PublishReq};
+use super::msg::{Delivery, HomeMsg, MemberMsg, PublishReq};
 use super::{now_unix_ms, ChatApp, ChatPort, NameJson, RoomName, Seq, UserId};
 use crate::bus::{ConnRef, ReplyTo};
 use crate::metrics;
@@ -22,6 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+pub(super) use self::batch::PresenceEvent;
 pub(super) use self::join::{page_bytes, JoinRequest, MAX_JOINED_READS};
 
 /// A message frame kept in a room's ring.
@@ -66,6 +68,10 @@ pub(super) struct HomeRoom {
     ring: VecDeque<RingEntry>,
     /// Member connections per shard (non-DM rooms: where to fan out).
     pub(super) shard_members: Vec<u32>,
+    /// Of those, the ones with batched presence (`presence_diff`).
+    pub(super) shard_batched: Vec<u32>,
+    /// Presence changes since the last `presence_diff` (batched members).
+    diff: Option<Box<batch::PendingDiff>>,
     pub(super) users: HashMap<UserId, Presence>,
     pub(super) read: HashMap<UserId, Seq>,
     pending: VecDeque<Pending>,
@@ -133,6 +139,7 @@ impl ChatApp {
                 id,
                 rejoin,
                 reads,
+                batched,
             } => {
                 let join = JoinRequest {
                     conn: who.conn,
@@ -143,6 +150,7 @@ impl ChatApp {
                     rejoin,
                     cluster_members: None,
                     reads,
+                    batched,
                 };
                 if self.cluster.is_some() {
                     self.cluster_join(port, room, join);
@@ -155,7 +163,8 @@ impl ChatApp {
                 conn,
                 user,
                 explicit,
-            } => self.home_leave(port, &room, conn, &user, explicit),
+                batched,
+            } => self.home_leave(port, &room, conn, &user, explicit, batched),
             HomeMsg::Publish(req) if self.cluster.is_some() => self.cluster_publish(port, *req),
             HomeMsg::Publish(req) => self.publish(port, *req),
             HomeMsg::History {
@@ -186,7 +195,7 @@ impl ChatApp {
             }
             HomeMsg::Typing { room, user } => {
                 let frame = frames::typing(&room, &user);
-                self.broadcast(port, &room, frame, Some(user));
+                self.broadcast(port, &room, frame, Some(user), Delivery::Deferred);
             }
             HomeMsg::Read { room, user, seq } => self.home_read(port, room, user, seq),
             HomeMsg::RoomInfo {
@@ -206,6 +215,8 @@ impl ChatApp {
             committed: 0,
             ring: VecDeque::new(),
             shard_members: Vec::new(),
+            shard_batched: Vec::new(),
+            diff: None,
             users: HashMap::new(),
             read: HashMap::new(),
             pending: VecDeque::new(),
@@ -270,6 +281,7 @@ impl ChatApp {
         let home = self.homes.get_mut(room).expect("inserted above");
         if home.shard_members.len() != shards {
             home.shard_members.resize(shards, 0);
+            home.shard_batched.resize(shards, 0);
         }
         home
     }
@@ -357,8 +369,15 @@ impl ChatApp {
             }
             None => {
                 let members = &room.shard_members;
-                self.router
-                    .fan_out(port, room_name, members, frame, None, Some(p.received));
+                self.router.fan_out(
+                    port,
+                    room_name,
+                    members,
+                    frame,
+                    None,
+                    Some(p.received),
+                    Delivery::Now,
+                );
             }
         }
         self.send_ack(port, room_name, p.reply, &p.id, seq, ts);
@@ -416,6 +435,7 @@ impl ChatApp {
         room_name: &RoomName,
         frame: Bytes,
         except_user: Option<UserId>,
+        class: Delivery,
     ) {
         let Some(room) = self.homes.get(room_name) else {
             return;
@@ -437,6 +457,7 @@ impl ChatApp {
                     frame,
                     except_user,
                     None,
+                    class,
                 );
             }
         }

@@ -1,7 +1,7 @@
 //! Presence, read markers and the `rooms` scatter step at a room's home.
 
 use super::super::frames::{self, RoomEntry};
-use super::super::msg::{MemberMsg, UserMsg};
+use super::super::msg::{Delivery, MemberMsg, UserMsg};
 use super::super::{ChatApp, ChatPort, RoomName, Seq, UserId};
 use crate::bus::ConnRef;
 use crate::protocol::ReqId;
@@ -44,7 +44,7 @@ impl ChatApp {
         *marker = seq;
         self.store.set_read(&user, &room_name, seq);
         let frame = frames::read(&room_name, &user, seq);
-        self.broadcast(port, &room_name, frame, Some(user));
+        self.broadcast(port, &room_name, frame, Some(user), Delivery::Now);
     }
 
     /// `rooms` scatter step: this home's seq and read marker of each room.
