@@ -183,16 +183,7 @@ pub fn presence_diff<'a>(
 ) -> Bytes {
     let mut out = start("presence_diff", None, room, 256);
     out.extend_from_slice(b",\"joined\":[");
-    for (i, (user, name_json)) in joined.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"user\":\"");
-        out.extend_from_slice(user.as_bytes());
-        out.extend_from_slice(b"\",\"name\":");
-        out.extend_from_slice(name_json.as_bytes());
-        out.push(b'}');
-    }
+    write_users(&mut out, joined);
     out.extend_from_slice(b"],\"left\":[");
     for (i, user) in left.enumerate() {
         if i > 0 {
@@ -233,6 +224,14 @@ pub fn presence<'a>(
     out.extend_from_slice(b"\"room\":\"");
     out.extend_from_slice(room.as_bytes());
     out.extend_from_slice(b"\",\"users\":[");
+    write_users(&mut out, users);
+    out.extend_from_slice(b"]}");
+    text(&out)
+}
+
+/// `{"user":..,"name":..}` objects, comma-separated (user id, display name
+/// as a JSON literal).
+fn write_users<'a>(out: &mut Vec<u8>, users: impl Iterator<Item = (&'a str, &'a str)>) {
     for (i, (user, name_json)) in users.enumerate() {
         if i > 0 {
             out.push(b',');
@@ -243,8 +242,6 @@ pub fn presence<'a>(
         out.extend_from_slice(name_json.as_bytes());
         out.push(b'}');
     }
-    out.extend_from_slice(b"]}");
-    text(&out)
 }
 
 /// One row of a `rooms` reply.

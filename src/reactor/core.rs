@@ -115,19 +115,26 @@ impl<M, S> Core<M, S> {
     /// decided after the end-of-turn write (`io::flush`): only bytes the
     /// socket did not take count (PROTOCOL 5.4).
     pub(super) fn send_frame(&mut self, key: usize, frame: Bytes) {
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.queue_ws(key, frame) else {
             return;
         };
-        if conn.phase != Phase::Ws {
-            return;
-        }
-        conn.out_bytes += frame.len();
-        conn.out.push_back(frame);
-        self.frames_queued += 1;
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
         }
+    }
+
+    /// Appends a frame to an open WebSocket's queue (nothing for another
+    /// phase or a gone connection), counted as queued and unsent.
+    fn queue_ws(&mut self, key: usize, frame: Bytes) -> Option<&mut Conn<S>> {
+        let conn = self.conns.get_mut(key)?;
+        if conn.phase != Phase::Ws {
+            return None;
+        }
+        conn.out_bytes += frame.len();
+        conn.out.push_back(frame);
+        self.frames_queued += 1;
+        Some(conn)
     }
 
     /// Queues a frame that need not leave this turn (presence): it goes
@@ -141,15 +148,9 @@ impl<M, S> Core<M, S> {
             return self.send_frame(key, frame);
         }
         let room = self.deferred.len() < super::deferred::cap(self.conns.len());
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.queue_ws(key, frame) else {
             return;
         };
-        if conn.phase != Phase::Ws {
-            return;
-        }
-        conn.out_bytes += frame.len();
-        conn.out.push_back(frame);
-        self.frames_queued += 1;
         if conn.dirty || (conn.deferred_until != 0 && conn.out_bytes <= pause_bytes) {
             return; // leaves this turn, or already waits for its deadline
         }
