@@ -22,6 +22,96 @@ pub fn record_ns(h: &mut Hist, ns: u64) {
     h.saturating_record((ns / 1000).max(1));
 }
 
+/// Sub-buckets per bucket of `new_hist()` (3 significant digits: 2 x 10^3 rounded up to a
+/// power of two), and its log2.
+const SUB_BUCKETS_LOG2: u32 = 11;
+const HALF_LOG2: u32 = SUB_BUCKETS_LOG2 - 1;
+/// Slots of a [`FastHist`]: as many as `new_hist()` has counts (buckets up to [`HIGH_US`]).
+const FAST_SLOTS: usize = fast_index(HIGH_US) + 1;
+
+/// The slot of value `v` (µs, >= 1): HdrHistogram's own index for `new_hist()`'s layout
+/// (lowest value 1, so unit magnitude 0).
+#[inline(always)]
+const fn fast_index(v: u64) -> usize {
+    let bucket = (64 - SUB_BUCKETS_LOG2) - (v | ((1 << SUB_BUCKETS_LOG2) - 1)).leading_zeros();
+    let sub = v >> bucket;
+    (((bucket + 1) << HALF_LOG2) as u64 + sub - (1 << HALF_LOG2)) as usize
+}
+
+/// The lowest value that falls in slot `i` (the inverse of [`fast_index`]).
+const fn fast_value(i: usize) -> u64 {
+    let half = 1usize << HALF_LOG2;
+    let bucket = (i >> HALF_LOG2) as i64 - 1;
+    let sub = (i & (half - 1)) + half;
+    if bucket < 0 {
+        (sub - half) as u64
+    } else {
+        (sub as u64) << bucket
+    }
+}
+
+/// The hot-path latency recorder: counts per slot of `new_hist()`'s layout in a flat array,
+/// one increment per delivery (no min/max/total bookkeeping, no range checks beyond a clamp).
+/// [`FastHist::drain_into`] moves the counts into a [`Hist`], each at its slot's lowest value:
+/// the same slot, so counts, percentiles, min and max come out exactly as if every value had
+/// been recorded there directly.
+pub struct FastHist {
+    counts: Box<[u64]>,
+    len: u64,
+}
+
+impl Default for FastHist {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FastHist {
+    pub fn new() -> FastHist {
+        FastHist {
+            counts: vec![0; FAST_SLOTS].into_boxed_slice(),
+            len: 0,
+        }
+    }
+
+    /// Record a latency given in nanoseconds (clamped into 1 µs ..= [`HIGH_US`], as
+    /// [`record_ns`]).
+    #[inline(always)]
+    pub fn record_ns(&mut self, ns: u64) {
+        let v = (ns / 1000).clamp(1, HIGH_US);
+        // always in range (v <= HIGH_US); the check only keeps it panic-free
+        if let Some(c) = self.counts.get_mut(fast_index(v)) {
+            *c += 1;
+        }
+        self.len += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Add every count to `h` and reset to empty.
+    pub fn drain_into(&mut self, h: &mut Hist) {
+        if self.len == 0 {
+            return;
+        }
+        for (i, c) in self.counts.iter_mut().enumerate() {
+            if *c != 0 {
+                h.saturating_record_n(fast_value(i), *c);
+                *c = 0;
+            }
+        }
+        self.len = 0;
+    }
+
+    /// The counts as a new [`Hist`] (and this one emptied).
+    pub fn take_hist(&mut self) -> Hist {
+        let mut h = new_hist();
+        self.drain_into(&mut h);
+        h
+    }
+}
+
 /// The standard percentiles of a histogram, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Pcts {

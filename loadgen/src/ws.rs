@@ -20,6 +20,20 @@ pub fn parse_server_frame_ext(
     corechat_wire::parse_header_ext(buf, max_payload, corechat_wire::Role::Server, rsv1_allowed)
 }
 
+/// The header of the frame every room message arrives in (final, uncompressed text, unmasked,
+/// payload under 64 KiB), decoded inline: `(payload start, payload length)`. `None` for any
+/// other frame, or too few bytes to tell: those go through [`parse_server_frame_ext`], which
+/// accepts and rejects exactly as before (this shape is always valid for it).
+#[inline(always)]
+pub fn fin_text_header(buf: &[u8]) -> Option<(usize, usize)> {
+    match buf {
+        // 0x81: FIN + text, no RSV bits; a second byte below 126 has no mask bit
+        [0x81, n, ..] if *n < 126 => Some((2, *n as usize)),
+        [0x81, 126, hi, lo, ..] => Some((4, u16::from_be_bytes([*hi, *lo]) as usize)),
+        _ => None,
+    }
+}
+
 /// Largest server frame the client accepts.
 pub const MAX_SERVER_FRAME: usize = 1 << 40;
 
