@@ -1587,3 +1587,7 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

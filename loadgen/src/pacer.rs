@@ -144,3 +144,49 @@ pub fn pacing_text(h: &crate::stats::Hist) -> Option<String> {
     }
     Some(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Interest, Poll, Token};
+    use std::time::Duration;
+
+    fn mono() -> u64 {
+        crate::sys::mono_ns()
+    }
+
+    #[test]
+    fn periodic_timer_wakes_the_poll_on_every_tick_it_is_read_for() {
+        let mut t = Timer::new().unwrap();
+        let mut poll = Poll::new().unwrap();
+        let fd = t.as_raw_fd();
+        poll.registry()
+            .register(&mut mio::unix::SourceFd(&fd), Token(1), Interest::READABLE)
+            .unwrap();
+        t.set_periodic(mono() + 1_000_000, 1_000_000).unwrap();
+        let mut events = Events::with_capacity(4);
+        // each tick wakes the (edge-triggered) poll again once the previous one was read
+        for _ in 0..3 {
+            loop {
+                poll.poll(&mut events, Some(Duration::from_secs(5)))
+                    .unwrap();
+                if events.iter().any(|e| e.token() == Token(1)) {
+                    break;
+                }
+            }
+            assert!(t.take_ticks() >= 1);
+        }
+        // disarmed: nothing more to read, even after a few periods
+        t.set_periodic(0, 0).unwrap();
+        let _ = t.take_ticks();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(t.take_ticks(), 0);
+    }
+
+    #[test]
+    fn the_tick_is_the_interval_down_to_the_minimum() {
+        assert_eq!(tick_of(100_000), 100_000);
+        assert_eq!(tick_of(MIN_TICK_NS), MIN_TICK_NS);
+        assert_eq!(tick_of(1), MIN_TICK_NS);
+    }
+}

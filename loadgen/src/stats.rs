@@ -26,8 +26,21 @@ pub fn record_ns(h: &mut Hist, ns: u64) {
 /// power of two), and its log2.
 const SUB_BUCKETS_LOG2: u32 = 11;
 const HALF_LOG2: u32 = SUB_BUCKETS_LOG2 - 1;
-/// Slots of a [`FastHist`]: as many as `new_hist()` has counts (buckets up to [`HIGH_US`]).
-const FAST_SLOTS: usize = fast_index(HIGH_US) + 1;
+/// Slots of a [`FastHist`]: as many as `new_hist()` has counts (whole buckets, so up to the
+/// top of the bucket holding [`HIGH_US`]).
+const FAST_SLOTS: usize = fast_index(TOP_US) + 1;
+
+/// The highest value a [`FastHist`] (and `new_hist()`) holds without clamping.
+const TOP_US: u64 = top_of_buckets(HIGH_US);
+
+/// The highest value of the last bucket HdrHistogram allocates to track `high`.
+const fn top_of_buckets(high: u64) -> u64 {
+    let mut untrackable = 1u64 << SUB_BUCKETS_LOG2;
+    while untrackable <= high {
+        untrackable <<= 1;
+    }
+    untrackable - 1
+}
 
 /// The slot of value `v` (µs, >= 1): HdrHistogram's own index for `new_hist()`'s layout
 /// (lowest value 1, so unit magnitude 0).
@@ -74,13 +87,18 @@ impl FastHist {
         }
     }
 
-    /// Record a latency given in nanoseconds (clamped into 1 µs ..= [`HIGH_US`], as
-    /// [`record_ns`]).
+    /// Record a latency given in nanoseconds, clamped as [`record_ns`] clamps: below 1 µs to
+    /// 1 µs, beyond the last slot to [`HIGH_US`].
     #[inline(always)]
     pub fn record_ns(&mut self, ns: u64) {
-        let v = (ns / 1000).clamp(1, HIGH_US);
-        // always in range (v <= HIGH_US); the check only keeps it panic-free
-        if let Some(c) = self.counts.get_mut(fast_index(v)) {
+        let v = (ns / 1000).max(1);
+        let i = if v <= TOP_US {
+            fast_index(v)
+        } else {
+            fast_index(HIGH_US)
+        };
+        // always in range; the check only keeps it panic-free
+        if let Some(c) = self.counts.get_mut(i) {
             *c += 1;
         }
         self.len += 1;
@@ -319,6 +337,54 @@ impl IntervalLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_hist_drains_into_exactly_the_histogram_of_direct_records() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut direct = new_hist();
+        let mut fast = FastHist::new();
+        let mut values = vec![0, 1, 999, 1_000, 1_999, 2_047_999, 2_048_000, u64::MAX];
+        values.extend([HIGH_US * 1000, HIGH_US * 1000 + 1, (HIGH_US + 5) * 1000]);
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // ns over every magnitude from 1 ns to ~100 s
+            values.push(x % 10u64.pow((x % 12) as u32 + 1));
+        }
+        for &ns in &values {
+            record_ns(&mut direct, ns);
+            fast.record_ns(ns);
+        }
+        assert!(!fast.is_empty());
+        let got = fast.take_hist();
+        assert!(fast.is_empty());
+        assert_eq!(got.len(), direct.len());
+        assert_eq!(got.min(), direct.min());
+        assert_eq!(got.max(), direct.max());
+        assert_eq!(got.mean(), direct.mean());
+        let a: Vec<_> = got
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        let b: Vec<_> = direct
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        assert_eq!(a, b);
+        for q in [0.5, 0.9, 0.99, 0.999, 0.9999, 1.0] {
+            assert_eq!(got.value_at_quantile(q), direct.value_at_quantile(q), "{q}");
+        }
+        // every slot maps back to itself through HdrHistogram's own index
+        for i in 0..FAST_SLOTS {
+            assert_eq!(fast_index(fast_value(i).max(1)), i.max(1), "{i}");
+        }
+        // draining into a histogram that already holds counts adds to them
+        let mut sum = sample();
+        fast.record_ns(5_000_000);
+        fast.drain_into(&mut sum);
+        assert_eq!(sum.len(), sample().len() + 1);
+    }
     use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
     use hdrhistogram::serialization::Deserializer;
 
