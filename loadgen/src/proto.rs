@@ -195,7 +195,7 @@ pub struct Classifier {
 /// One subtract, one mask and a multiply-combine instead of a loop per digit: a byte-wise
 /// borrow or carry can only run from the first non-digit upwards, into the bytes discarded.
 #[inline(always)]
-fn digit_prefix(chunk: u64) -> (u64, usize) {
+pub(crate) fn digit_prefix(chunk: u64) -> (u64, usize) {
     let v = chunk.wrapping_sub(0x3030_3030_3030_3030);
     // high bit set in every byte that is not b'0'..=b'9' (below: wrapped; above: +0x76 >= 0x80)
     let non_digit = (v | v.wrapping_add(0x7676_7676_7676_7676)) & 0x8080_8080_8080_8080;
@@ -216,7 +216,7 @@ fn digit_prefix(chunk: u64) -> (u64, usize) {
     (d, n)
 }
 
-const POW10: [u64; 9] = [
+pub(crate) const POW10: [u64; 9] = [
     1,
     10,
     100,
@@ -385,6 +385,14 @@ impl Classifier {
     #[inline]
     pub fn message(&self, p: &[u8], seq_hint: &mut u16, t_hint: &mut u32) -> In<'static> {
         let h = *seq_hint as usize;
+        if !self.target.string_body() {
+            if let Some((seq, t, w)) = crate::msgfast::at_hints(p, h, *t_hint as usize) {
+                return In::Message {
+                    seq: Some(seq),
+                    tw: Some((t, w)),
+                };
+            }
+        }
         let j = if h >= 6 && has_at(p, h - 6, b"\"seq\":") {
             Some(h)
         } else {
