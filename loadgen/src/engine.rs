@@ -660,7 +660,8 @@ impl Worker {
         if self.next_due <= now {
             Duration::ZERO
         } else if self.timer.is_some() && self.due_on_tick {
-            max
+            // the tick wakes the loop; the timeout is only a backstop should one be missed
+            Duration::from_nanos(self.next_due - now + 1_000_000).min(max)
         } else {
             Duration::from_nanos(self.next_due - now).min(max)
         }
