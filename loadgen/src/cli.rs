@@ -72,6 +72,9 @@ pub enum Cmd {
         /// and seq-gap accounting)
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         drop_every: Option<u64>,
+        /// Deliver each room's every Nth message twice (for testing duplicate accounting)
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        dup_every: Option<u64>,
         /// Refuse every Kth upgrade with HTTP 429 (for testing failure accounting)
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         refuse_every: Option<u64>,

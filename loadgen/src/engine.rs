@@ -3,8 +3,9 @@
 //!
 //! Hot path: one large per-thread read buffer; every readable event reads as much as the socket
 //! holds, parses every complete frame in place, and keeps only a trailing partial frame in the
-//! connection. Received messages cost a few substring searches, a seq check and two histogram
-//! records; nothing is allocated per frame.
+//! connection. A room message costs an inline header decode, a one-pass parse at cached field
+//! positions ([`crate::msgfast`]), a seq check and one counter increment ([`FastHist`]); nothing
+//! is allocated per frame.
 //!
 //! Coordination with the driver thread is through atomics in [`Shared`] (phase, per-thread
 //! publish rate, current measurement window, collect/tick requests) and a channel of
@@ -14,7 +15,7 @@ use crate::jwt::Minter;
 use crate::pacer::{self, Timer};
 use crate::proto::{self, Classifier, In, Stage, Target};
 use crate::seq::{SeqCheck, SeqStats, SeqTracker};
-use crate::stats::{new_hist, record_ns, Hist};
+use crate::stats::{new_hist, record_ns, FastHist, Hist};
 use crate::sys::{mono_ns, thread_cpu_ns, unix_ms};
 use crate::tls::{self, TlsClient};
 use crate::ws::{self, OpCode, Parse, Upgrade};
@@ -403,15 +404,20 @@ pub struct Worker {
     windows: Vec<WinStats>,
     collected_upto: u32,
     tick: u64,
-    /// Latencies since the last tick, per window (each delivery is recorded once).
-    tick_hists: Vec<Option<Box<Hist>>>,
+    /// Latencies since the last tick, per window (each delivery is recorded once); kept
+    /// allocated across ticks, dropped when the window is collected.
+    tick_hists: Vec<Option<Box<FastHist>>>,
     ping_ring: Vec<(u64, u64, u32)>,
     /// Acks, no rate cap: connections that got a reply and may have room in their window.
     refill: Vec<u32>,
     last_cpu_sample: u64,
     /// Due time of the next paced publish (CLOCK_MONOTONIC ns); `u64::MAX` when not pacing.
     next_due: u64,
-    /// Wakes the poll at `next_due` (None if timerfd is unavailable: then the poll timeout).
+    /// `next_due` is on the timer's schedule (else, a retry: the poll timeout wakes for it).
+    due_on_tick: bool,
+    /// Nanoseconds between two paced publishes (`1e9 / rate`, rounded).
+    interval_ns: u64,
+    /// Ticks on the publish schedule (None if timerfd is unavailable: then the poll timeout).
     timer: Option<Timer>,
     fin: FinalReport,
 }
@@ -563,6 +569,8 @@ impl Worker {
             refill: Vec::new(),
             last_cpu_sample: 0,
             next_due: u64::MAX,
+            due_on_tick: false,
+            interval_ns: 0,
             timer: None,
             fin: FinalReport {
                 thread: id,
@@ -593,7 +601,7 @@ impl Worker {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         pacer::fine_timer_slack();
-        if let Ok(mut t) = Timer::new() {
+        if let Ok(t) = Timer::new() {
             let fd = std::os::fd::AsRawFd::as_raw_fd(&t);
             let ok = self
                 .poll
@@ -601,18 +609,11 @@ impl Worker {
                 .register(&mut mio::unix::SourceFd(&fd), TIMER, Interest::READABLE)
                 .is_ok();
             if ok {
-                t.clear();
                 self.timer = Some(t);
             }
         }
         loop {
             let timeout = self.timeout();
-            // armed only before blocking: a busy loop sends its due publishes between events
-            if timeout > Duration::ZERO && self.next_due != u64::MAX {
-                if let Some(t) = self.timer.as_mut() {
-                    let _ = t.arm_at(self.next_due);
-                }
-            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -625,8 +626,9 @@ impl Worker {
             }
             for ev in events.iter() {
                 if ev.token() == TIMER {
+                    // the read re-arms a periodic timerfd (the kernel restarts it lazily)
                     if let Some(t) = self.timer.as_mut() {
-                        t.clear();
+                        t.take_ticks();
                     }
                 } else {
                     let slot = ev.token().0;
@@ -648,8 +650,9 @@ impl Worker {
         let _ = self.tx.send(Report::Final(Box::new(fin)));
     }
 
-    /// The poll's timeout: the timerfd wakes it for the next due publish; without a timer,
-    /// the due time itself (rounded up to a millisecond by epoll).
+    /// The poll's timeout: the timerfd wakes it for the next due publish; without a timer
+    /// or for a retry off its schedule, the due time itself (rounded up to a millisecond by
+    /// epoll).
     fn timeout(&self) -> Duration {
         let max = Duration::from_millis(5);
         if self.next_due == u64::MAX {
@@ -658,8 +661,9 @@ impl Worker {
         let now = mono_ns();
         if self.next_due <= now {
             Duration::ZERO
-        } else if self.timer.is_some() {
-            max
+        } else if self.timer.is_some() && self.due_on_tick {
+            // the tick wakes the loop; the timeout is only a backstop should one be missed
+            Duration::from_nanos(self.next_due - now + 1_000_000).min(max)
         } else {
             Duration::from_nanos(self.next_due - now).min(max)
         }
@@ -694,6 +698,21 @@ impl Worker {
             self.rate_epoch = mono_ns();
             self.rate_sent = 0;
             self.next_due = u64::MAX;
+            let paced = self.rate > 0.0 && self.rate.is_finite();
+            self.interval_ns = if paced {
+                ((1e9 / self.rate).round() as u64).max(1)
+            } else {
+                0
+            };
+            if let Some(t) = self.timer.as_mut() {
+                // publish 0 is due at the epoch (sent below); the timer ticks from publish 1 on
+                let tick = if paced {
+                    pacer::tick_of(self.interval_ns)
+                } else {
+                    0
+                };
+                let _ = t.set_periodic(self.rate_epoch + tick, tick);
+            }
             self.refill.clear();
             if self.rate.is_infinite() {
                 // closed loop: fill every window now, then top up on each reply
@@ -714,8 +733,8 @@ impl Worker {
             self.collected_upto += 1;
             let w = self.collected_upto as usize;
             let mut st = std::mem::take(&mut self.windows[w]);
-            if let Some(h) = self.tick_hists[w].take() {
-                st.hist = *h;
+            if let Some(mut h) = self.tick_hists[w].take() {
+                st.hist = h.take_hist();
             }
             st.collected = true;
             self.windows[w].collected = true;
@@ -752,13 +771,13 @@ impl Worker {
 
     fn send_ticks(&mut self, tick: u64) {
         for w in 0..MAX_WINDOWS {
-            if let Some(h) = self.tick_hists[w].take() {
+            if let Some(h) = self.tick_hists[w].as_mut() {
                 if !h.is_empty() {
                     let _ = self.tx.send(Report::Tick {
                         thread: self.id,
                         tick,
                         window: w as u32,
-                        hist: h,
+                        hist: Box::new(h.take_hist()),
                     });
                 }
             }
@@ -768,8 +787,8 @@ impl Worker {
     /// Record a latency (ns) for window `w` (0 = outside windows).
     #[inline]
     fn record(&mut self, w: usize, ns: u64) {
-        let h = self.tick_hists[w].get_or_insert_with(|| Box::new(new_hist()));
-        record_ns(h, ns);
+        let h = self.tick_hists[w].get_or_insert_with(|| Box::new(FastHist::new()));
+        h.record_ns(ns);
     }
 
     fn report_connected(&mut self) {
@@ -1172,6 +1191,20 @@ impl Worker {
             }
         }
         while pos < data.len() {
+            // fast path: the frame of every room message, without the general parser
+            let rest = &data[pos..];
+            if let Some((start, len)) = ws::fin_text_header(rest) {
+                let end = start + len;
+                if end > rest.len() {
+                    break; // incomplete: kept for the next read
+                }
+                pos += end;
+                self.on_text(slot, &rest[start..end]);
+                if self.conns[slot].st == St::Closed {
+                    return Ok(pos);
+                }
+                continue;
+            }
             let rsv1_ok = self.conns[slot].deflate;
             let f = match ws::parse_server_frame_ext(&data[pos..], ws::MAX_SERVER_FRAME, rsv1_ok) {
                 Ok(Parse::Frame(f)) => f,
@@ -1258,6 +1291,7 @@ impl Worker {
         self.send_pbuf(slot);
     }
 
+    #[inline]
     fn on_text(&mut self, slot: usize, p: &[u8]) {
         let st = self.conns[slot].st;
         if st == St::Ready {
@@ -1412,10 +1446,11 @@ impl Worker {
 
     // ---------------------------------------------------------------- publishing
 
-    /// Due time of publish number `k` since the rate was set: evenly spaced.
+    /// Due time of publish number `k` since the rate was set: evenly spaced, on the timer's
+    /// schedule (an integer interval, so the two never drift apart).
     #[inline]
     fn due_of(&self, k: u64) -> u64 {
-        self.rate_epoch + (k as f64 * 1e9 / self.rate) as u64
+        self.rate_epoch + k * self.interval_ns
     }
 
     /// Send every publish whose due time has passed, each stamped with its own due time for
@@ -1433,7 +1468,7 @@ impl Worker {
         }
         let mut now = mono_ns();
         let elapsed = now.saturating_sub(self.rate_epoch);
-        let due_count = (elapsed as f64 * self.rate / 1e9) as u64 + 1;
+        let due_count = elapsed / self.interval_ns.max(1) + 1;
         let n = due_count.saturating_sub(self.rate_sent);
         if n > MAX_BACKLOG {
             // far behind (the load generator stalled): skip rather than burst
@@ -1444,6 +1479,7 @@ impl Worker {
             let due = self.due_of(self.rate_sent);
             if due > now {
                 self.next_due = due;
+                self.due_on_tick = true;
                 break;
             }
             if !self.publish_one(due) {
@@ -1451,9 +1487,11 @@ impl Worker {
                     // every window is full: the rate is a cap, do not catch up later
                     self.rate_sent = due_count.max(self.rate_sent);
                     self.next_due = self.due_of(self.rate_sent);
+                    self.due_on_tick = true;
                 } else {
                     // no publisher can take it now (buffers full): retry shortly
                     self.next_due = now + 100_000;
+                    self.due_on_tick = false;
                 }
                 break;
             }
@@ -1554,3 +1592,7 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

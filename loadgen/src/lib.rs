@@ -9,6 +9,7 @@ pub mod engine;
 pub mod gate;
 pub mod jwt;
 pub mod mock;
+pub mod msgfast;
 pub mod pacer;
 pub mod proto;
 pub mod report;

@@ -41,12 +41,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             jwt_secret,
             flush_ms,
             drop_every,
+            dup_every,
             refuse_every,
         } => {
             let opts = loadgen::mock::MockOpts {
                 secret: jwt_secret.clone(),
                 flush_ms: *flush_ms,
                 drop_every: *drop_every,
+                dup_every: *dup_every,
                 refuse_every: *refuse_every,
                 ..loadgen::mock::MockOpts::new(*listen)
             };

@@ -29,6 +29,9 @@ pub struct MockOpts {
     /// server would: the publisher is still acked, the members see a seq gap. Tests the load
     /// generator's loss and gap accounting.
     pub drop_every: Option<u64>,
+    /// Fan out each room's every Nth message twice (the same frame, so the members see its
+    /// seq again), as a server replaying after a reconnect would. Tests duplicate accounting.
+    pub dup_every: Option<u64>,
     /// Refuse every Kth upgrade request (the Kth, 2Kth, ... since start) with HTTP 429, as a
     /// server does past its per-IP connection cap. Tests the failure accounting.
     pub refuse_every: Option<u64>,
@@ -42,6 +45,7 @@ impl MockOpts {
             secret: None,
             flush_ms: 1,
             drop_every: None,
+            dup_every: None,
             refuse_every: None,
         }
     }
@@ -370,9 +374,13 @@ impl Server {
                 text(&mut f, &m);
                 let members = std::mem::take(&mut self.rooms[ri].members);
                 let dropped = self.opts.drop_every.is_some_and(|n| seq.is_multiple_of(n));
+                let twice = self.opts.dup_every.is_some_and(|n| seq.is_multiple_of(n));
                 for &mi in members.iter().filter(|_| !dropped) {
                     if let Some(c) = self.conns.get_mut(mi) {
                         c.out.extend_from_slice(&f);
+                        if twice {
+                            c.out.extend_from_slice(&f);
+                        }
                     }
                     self.mark(mi);
                 }

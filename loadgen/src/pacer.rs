@@ -1,5 +1,5 @@
-//! Even pacing of publishes: each publish has its own due time (`epoch + k / rate`), and the
-//! event loop wakes for the next one through a `timerfd` registered in its `mio` poll, so a
+//! Even pacing of publishes: each publish has its own due time (`epoch + k * interval`), and the
+//! event loop wakes for the next one through a periodic `timerfd` registered in its `mio` poll, so a
 //! publish leaves at its due time instead of with whatever else became due during a long turn
 //! of the loop (which would hand the server ready-made bursts). The error of every publish
 //! (actual send time minus due time) is recorded so a run can say whether it kept pace.
@@ -11,10 +11,27 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 /// A run "kept pace" when the p99 of (send time - due time) is at most this (µs).
 pub const PACE_LIMIT_US: f64 = 1000.0;
 
-/// A non-blocking CLOCK_MONOTONIC timerfd armed at absolute times.
+/// Shortest period of the pacing timer (ns): at higher per-thread rates one wake-up sends every
+/// publish due by then (each still stamped with its own due time, so the error is reported).
+pub const MIN_TICK_NS: u64 = 10_000;
+
+/// The timer's period for a publish interval of `interval_ns`.
+pub fn tick_of(interval_ns: u64) -> u64 {
+    interval_ns.max(MIN_TICK_NS)
+}
+
+/// A non-blocking CLOCK_MONOTONIC timerfd that ticks on the publish schedule. Periodic, so a
+/// paced publish costs no `timerfd_settime`, only the `read` of its tick (which the kernel
+/// needs: it restarts a periodic timerfd when its count is read, not when it expires).
 pub struct Timer {
     fd: OwnedFd,
-    armed_at: u64,
+}
+
+fn ts(ns: u64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    }
 }
 
 impl Timer {
@@ -31,23 +48,19 @@ impl Timer {
         }
         // SAFETY: `fd` was just created and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Timer { fd, armed_at: 0 })
+        Ok(Timer { fd })
     }
 
-    /// Fire at `mono_ns` (CLOCK_MONOTONIC ns, absolute); a no-op if already armed for it.
-    pub fn arm_at(&mut self, mono_ns: u64) -> io::Result<()> {
-        if mono_ns == self.armed_at {
-            return Ok(());
-        }
+    /// Tick at `first_ns` (CLOCK_MONOTONIC ns, absolute) and every `period_ns` after it;
+    /// `period_ns == 0` disarms.
+    pub fn set_periodic(&mut self, first_ns: u64, period_ns: u64) -> io::Result<()> {
         let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: (mono_ns / 1_000_000_000) as libc::time_t,
-                // never 0:0, which would disarm
-                tv_nsec: ((mono_ns % 1_000_000_000).max(1)) as libc::c_long,
+            it_interval: ts(period_ns),
+            // 0:0 would disarm: a tick that is already due fires at once
+            it_value: if period_ns == 0 {
+                ts(0)
+            } else {
+                ts(first_ns.max(1))
             },
         };
         // SAFETY: valid fd, pointer to a local itimerspec, null old value.
@@ -62,18 +75,19 @@ impl Timer {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
-        self.armed_at = mono_ns;
         Ok(())
     }
 
-    /// Consume an expiry (so the next one wakes the poll again).
-    pub fn clear(&mut self) {
+    /// Expiries since the last call (0 if none); also re-arms a periodic timer that expired.
+    pub fn take_ticks(&mut self) -> u64 {
         let mut b = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into a local buffer; EAGAIN is fine.
-        unsafe {
-            libc::read(self.fd.as_raw_fd(), b.as_mut_ptr().cast(), b.len());
+        // SAFETY: reads at most 8 bytes into a local buffer; EAGAIN leaves it zero.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+        if n == 8 {
+            u64::from_ne_bytes(b)
+        } else {
+            0
         }
-        self.armed_at = 0;
     }
 }
 
@@ -129,4 +143,50 @@ pub fn pacing_text(h: &crate::stats::Hist) -> Option<String> {
         ));
     }
     Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Interest, Poll, Token};
+    use std::time::Duration;
+
+    fn mono() -> u64 {
+        crate::sys::mono_ns()
+    }
+
+    #[test]
+    fn periodic_timer_wakes_the_poll_on_every_tick_it_is_read_for() {
+        let mut t = Timer::new().unwrap();
+        let mut poll = Poll::new().unwrap();
+        let fd = t.as_raw_fd();
+        poll.registry()
+            .register(&mut mio::unix::SourceFd(&fd), Token(1), Interest::READABLE)
+            .unwrap();
+        t.set_periodic(mono() + 1_000_000, 1_000_000).unwrap();
+        let mut events = Events::with_capacity(4);
+        // each tick wakes the (edge-triggered) poll again once the previous one was read
+        for _ in 0..3 {
+            loop {
+                poll.poll(&mut events, Some(Duration::from_secs(5)))
+                    .unwrap();
+                if events.iter().any(|e| e.token() == Token(1)) {
+                    break;
+                }
+            }
+            assert!(t.take_ticks() >= 1);
+        }
+        // disarmed: nothing more to read, even after a few periods
+        t.set_periodic(0, 0).unwrap();
+        let _ = t.take_ticks();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(t.take_ticks(), 0);
+    }
+
+    #[test]
+    fn the_tick_is_the_interval_down_to_the_minimum() {
+        assert_eq!(tick_of(100_000), 100_000);
+        assert_eq!(tick_of(MIN_TICK_NS), MIN_TICK_NS);
+        assert_eq!(tick_of(1), MIN_TICK_NS);
+    }
 }

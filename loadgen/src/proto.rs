@@ -199,7 +199,7 @@ pub struct Classifier {
 /// One subtract, one mask and a multiply-combine instead of a loop per digit: a byte-wise
 /// borrow or carry can only run from the first non-digit upwards, into the bytes discarded.
 #[inline(always)]
-fn digit_prefix(chunk: u64) -> (u64, usize) {
+pub(crate) fn digit_prefix(chunk: u64) -> (u64, usize) {
     let v = chunk.wrapping_sub(0x3030_3030_3030_3030);
     // high bit set in every byte that is not b'0'..=b'9' (below: wrapped; above: +0x76 >= 0x80)
     let non_digit = (v | v.wrapping_add(0x7676_7676_7676_7676)) & 0x8080_8080_8080_8080;
@@ -220,7 +220,7 @@ fn digit_prefix(chunk: u64) -> (u64, usize) {
     (d, n)
 }
 
-const POW10: [u64; 9] = [
+pub(crate) const POW10: [u64; 9] = [
     1,
     10,
     100,
@@ -236,6 +236,28 @@ const POW10: [u64; 9] = [
 /// the value and the index after its last digit. At most 19 digits.
 #[inline]
 pub fn parse_u64(b: &[u8]) -> Option<(u64, usize)> {
+    // fast path: 1..=15 digits right at the start, 16 bytes readable (every number of a
+    // room message: seq, send time, window): two loads, no loop
+    if let Some(c) = b.get(..16) {
+        let lo = u64::from_le_bytes(c[..8].try_into().expect("8 bytes"));
+        let (d, n) = digit_prefix(lo);
+        if n != 0 {
+            if n < 8 {
+                return Some((d, n));
+            }
+            let hi = u64::from_le_bytes(c[8..].try_into().expect("8 bytes"));
+            let (d2, n2) = digit_prefix(hi);
+            if n2 < 8 {
+                return Some((d * POW10[n2] + d2, 8 + n2));
+            }
+        }
+    }
+    parse_u64_slow(b)
+}
+
+/// [`parse_u64`] for leading spaces, long numbers, or short buffers.
+#[inline(never)]
+fn parse_u64_slow(b: &[u8]) -> Option<(u64, usize)> {
     let mut i = 0;
     while i < b.len() && b[i] == b' ' {
         i += 1;
@@ -367,6 +389,14 @@ impl Classifier {
     #[inline]
     pub fn message(&self, p: &[u8], seq_hint: &mut u16, t_hint: &mut u32) -> In<'static> {
         let h = *seq_hint as usize;
+        if !self.target.string_body() {
+            if let Some((seq, t, w)) = crate::msgfast::at_hints(p, h, *t_hint as usize) {
+                return In::Message {
+                    seq: Some(seq),
+                    tw: Some((t, w)),
+                };
+            }
+        }
         let j = if h >= 6 && has_at(p, h - 6, b"\"seq\":") {
             Some(h)
         } else {

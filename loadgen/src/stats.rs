@@ -22,6 +22,114 @@ pub fn record_ns(h: &mut Hist, ns: u64) {
     h.saturating_record((ns / 1000).max(1));
 }
 
+/// Sub-buckets per bucket of `new_hist()` (3 significant digits: 2 x 10^3 rounded up to a
+/// power of two), and its log2.
+const SUB_BUCKETS_LOG2: u32 = 11;
+const HALF_LOG2: u32 = SUB_BUCKETS_LOG2 - 1;
+/// Slots of a [`FastHist`]: as many as `new_hist()` has counts (whole buckets, so up to the
+/// top of the bucket holding [`HIGH_US`]).
+const FAST_SLOTS: usize = fast_index(TOP_US) + 1;
+
+/// The highest value a [`FastHist`] (and `new_hist()`) holds without clamping.
+const TOP_US: u64 = top_of_buckets(HIGH_US);
+
+/// The highest value of the last bucket HdrHistogram allocates to track `high`.
+const fn top_of_buckets(high: u64) -> u64 {
+    let mut untrackable = 1u64 << SUB_BUCKETS_LOG2;
+    while untrackable <= high {
+        untrackable <<= 1;
+    }
+    untrackable - 1
+}
+
+/// The slot of value `v` (µs, >= 1): HdrHistogram's own index for `new_hist()`'s layout
+/// (lowest value 1, so unit magnitude 0).
+#[inline(always)]
+const fn fast_index(v: u64) -> usize {
+    let bucket = (64 - SUB_BUCKETS_LOG2) - (v | ((1 << SUB_BUCKETS_LOG2) - 1)).leading_zeros();
+    let sub = v >> bucket;
+    (((bucket + 1) << HALF_LOG2) as u64 + sub - (1 << HALF_LOG2)) as usize
+}
+
+/// The lowest value that falls in slot `i` (the inverse of [`fast_index`]).
+const fn fast_value(i: usize) -> u64 {
+    let half = 1usize << HALF_LOG2;
+    let bucket = (i >> HALF_LOG2) as i64 - 1;
+    let sub = (i & (half - 1)) + half;
+    if bucket < 0 {
+        (sub - half) as u64
+    } else {
+        (sub as u64) << bucket
+    }
+}
+
+/// The hot-path latency recorder: counts per slot of `new_hist()`'s layout in a flat array,
+/// one increment per delivery (no min/max/total bookkeeping, no range checks beyond a clamp).
+/// [`FastHist::drain_into`] moves the counts into a [`Hist`], each at its slot's lowest value:
+/// the same slot, so counts, percentiles, min and max come out exactly as if every value had
+/// been recorded there directly.
+pub struct FastHist {
+    counts: Box<[u64]>,
+    len: u64,
+}
+
+impl Default for FastHist {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FastHist {
+    pub fn new() -> FastHist {
+        FastHist {
+            counts: vec![0; FAST_SLOTS].into_boxed_slice(),
+            len: 0,
+        }
+    }
+
+    /// Record a latency given in nanoseconds, clamped as [`record_ns`] clamps: below 1 µs to
+    /// 1 µs, beyond the last slot to [`HIGH_US`].
+    #[inline(always)]
+    pub fn record_ns(&mut self, ns: u64) {
+        let v = (ns / 1000).max(1);
+        let i = if v <= TOP_US {
+            fast_index(v)
+        } else {
+            fast_index(HIGH_US)
+        };
+        // always in range; the check only keeps it panic-free
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.len += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Add every count to `h` and reset to empty.
+    pub fn drain_into(&mut self, h: &mut Hist) {
+        if self.len == 0 {
+            return;
+        }
+        for (i, c) in self.counts.iter_mut().enumerate() {
+            if *c != 0 {
+                h.saturating_record_n(fast_value(i), *c);
+                *c = 0;
+            }
+        }
+        self.len = 0;
+    }
+
+    /// The counts as a new [`Hist`] (and this one emptied).
+    pub fn take_hist(&mut self) -> Hist {
+        let mut h = new_hist();
+        self.drain_into(&mut h);
+        h
+    }
+}
+
 /// The standard percentiles of a histogram, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Pcts {
@@ -229,6 +337,54 @@ impl IntervalLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_hist_drains_into_exactly_the_histogram_of_direct_records() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut direct = new_hist();
+        let mut fast = FastHist::new();
+        let mut values = vec![0, 1, 999, 1_000, 1_999, 2_047_999, 2_048_000, u64::MAX];
+        values.extend([HIGH_US * 1000, HIGH_US * 1000 + 1, (HIGH_US + 5) * 1000]);
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // ns over every magnitude from 1 ns to ~100 s
+            values.push(x % 10u64.pow((x % 12) as u32 + 1));
+        }
+        for &ns in &values {
+            record_ns(&mut direct, ns);
+            fast.record_ns(ns);
+        }
+        assert!(!fast.is_empty());
+        let got = fast.take_hist();
+        assert!(fast.is_empty());
+        assert_eq!(got.len(), direct.len());
+        assert_eq!(got.min(), direct.min());
+        assert_eq!(got.max(), direct.max());
+        assert_eq!(got.mean(), direct.mean());
+        let a: Vec<_> = got
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        let b: Vec<_> = direct
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        assert_eq!(a, b);
+        for q in [0.5, 0.9, 0.99, 0.999, 0.9999, 1.0] {
+            assert_eq!(got.value_at_quantile(q), direct.value_at_quantile(q), "{q}");
+        }
+        // every slot maps back to itself through HdrHistogram's own index
+        for i in 0..FAST_SLOTS {
+            assert_eq!(fast_index(fast_value(i).max(1)), i.max(1), "{i}");
+        }
+        // draining into a histogram that already holds counts adds to them
+        let mut sum = sample();
+        fast.record_ns(5_000_000);
+        fast.drain_into(&mut sum);
+        assert_eq!(sum.len(), sample().len() + 1);
+    }
     use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
     use hdrhistogram::serialization::Deserializer;
 

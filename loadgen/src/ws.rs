@@ -20,6 +20,20 @@ pub fn parse_server_frame_ext(
     corechat_wire::parse_header_ext(buf, max_payload, corechat_wire::Role::Server, rsv1_allowed)
 }
 
+/// The header of the frame every room message arrives in (final, uncompressed text, unmasked,
+/// payload under 64 KiB), decoded inline: `(payload start, payload length)`. `None` for any
+/// other frame, or too few bytes to tell: those go through [`parse_server_frame_ext`], which
+/// accepts and rejects exactly as before (this shape is always valid for it).
+#[inline(always)]
+pub fn fin_text_header(buf: &[u8]) -> Option<(usize, usize)> {
+    match buf {
+        // 0x81: FIN + text, no RSV bits; a second byte below 126 has no mask bit
+        [0x81, n, ..] if *n < 126 => Some((2, *n as usize)),
+        [0x81, 126, hi, lo, ..] => Some((4, u16::from_be_bytes([*hi, *lo]) as usize)),
+        _ => None,
+    }
+}
+
 /// Largest server frame the client accepts.
 pub const MAX_SERVER_FRAME: usize = 1 << 40;
 
@@ -102,6 +116,39 @@ pub fn parse_upgrade_response(buf: &[u8]) -> Upgrade {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fin_text_header_agrees_with_the_full_parser() {
+        // every first and second byte, with 16-bit lengths of several sizes: where the fast
+        // decode answers, the full parser accepts the same frame at the same offsets
+        let mut fast = 0;
+        let mut buf = vec![b'x'; 4 + 70_000];
+        for b0 in 0..=255u8 {
+            for b1 in 0..=255u8 {
+                for ext in [[0u8, 0], [0, 126], [1, 0], [0xff, 0xff]] {
+                    buf[..4].copy_from_slice(&[b0, b1, ext[0], ext[1]]);
+                    let Some((start, len)) = fin_text_header(&buf) else {
+                        continue;
+                    };
+                    fast += 1;
+                    match parse_server_frame_ext(&buf, MAX_SERVER_FRAME, true) {
+                        Ok(Parse::Frame(f)) => {
+                            assert!(f.fin && !f.rsv1 && f.opcode == OpCode::Text, "{b0} {b1}");
+                            assert_eq!((f.payload_start, f.payload_len), (start, len));
+                        }
+                        other => panic!("{b0:#x} {b1:#x}: {other:?}"),
+                    }
+                }
+            }
+        }
+        assert_eq!(fast, 127 * 4); // 0x81 with lengths 0..=125 and 126 (16-bit)
+                                   // too few bytes to know the length: left to the full parser (which waits)
+        assert_eq!(fin_text_header(&[0x81]), None);
+        assert_eq!(fin_text_header(&[0x81, 126, 1]), None);
+        assert_eq!(fin_text_header(&[0x81, 127, 0, 0, 0, 0, 0, 0, 1, 0]), None);
+        assert_eq!(fin_text_header(&[0x01, 5]), None); // not final
+        assert_eq!(fin_text_header(&[0xc1, 5]), None); // compressed
+    }
 
     #[test]
     fn upgrade_request_and_response() {

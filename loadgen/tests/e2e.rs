@@ -292,6 +292,49 @@ fn fanout_counts_every_dropped_delivery_and_gap() {
 }
 
 #[test]
+fn fanout_counts_every_duplicate_delivery() {
+    // The mock sends every 5th message of the room twice: each of the 12 members counts a
+    // duplicate for it, and no gap or loss.
+    const N: u64 = 5;
+    const M: u64 = 12;
+    let m = Mock::with("u", |o| o.dup_every = Some(N));
+    let url = m.url();
+    let o = run_at(
+        "fanout",
+        &url,
+        "u",
+        &[
+            "--conns",
+            "12",
+            "--rooms",
+            "1",
+            "--rate",
+            "300",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--drain",
+            "0.3",
+            "--threads",
+            "2",
+        ],
+    )
+    .unwrap();
+    let f = &o.summary["figures"];
+    let r = &o.summary["run"];
+    assert_eq!(f["connect"]["ready"], M, "{}", o.summary);
+    let p = r["published"].as_u64().unwrap();
+    assert!(p > 2 * N, "too few publishes to repeat any: {r}");
+    let dups = f["seq_dups"].as_u64().unwrap() + r["seq_outside_windows"]["dups"].as_u64().unwrap();
+    assert_eq!(dups, (p / N) * M, "{}", o.summary);
+    assert_eq!(r["deliveries"].as_u64().unwrap(), (p + p / N) * M, "{r}");
+    let gaps = f["seq_gaps"].as_u64().unwrap() + r["seq_outside_windows"]["gaps"].as_u64().unwrap();
+    assert_eq!(gaps, 0, "{}", o.summary);
+    assert_eq!(r["lost_deliveries"], 0, "{r}");
+}
+
+#[test]
 fn refused_connections_are_counted_and_fail_the_run() {
     // Every 4th upgrade gets HTTP 429: 10 of each 40 connections fail (25%).
     let m = Mock::with("r", |o| o.refuse_every = Some(4));
