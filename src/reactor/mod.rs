@@ -402,16 +402,9 @@ impl<A: App> Shard<A> {
         let end = (start + slots.div_ceil(SWEEP_SLICES).max(64)).min(slots);
         self.sweep_cursor = if end >= slots { 0 } else { end };
         for key in start..end {
-            let Some(conn) = self.core.conns.get_mut(key) else {
+            let Some(conn) = self.core.conns.get(key) else {
                 continue;
             };
-            if conn.out.is_empty() && conn.out.capacity() > 0 {
-                // An empty queue gives its buffer back here rather than at
-                // every write: idle connections (most of them, S3) hold
-                // none, and a busy one keeps it from turn to turn instead
-                // of growing it again each time.
-                conn.out = VecDeque::new();
-            }
             let action = match conn.phase {
                 // Counted from the last progress (a request, response bytes
                 // written), so a keep-alive connection is not cut mid-response.
