@@ -29,6 +29,7 @@ fn worker() -> Worker {
         window: 1,
         deflate: false,
         room_blocks: false,
+        presence_batched: false,
     };
     let (tx, _rx) = channel();
     let mut w = Worker::new(0, Arc::new(cfg), Arc::new(Shared::new(1)), tx).unwrap();
