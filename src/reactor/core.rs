@@ -341,10 +341,32 @@ impl<M, S> Port<M, S> for Core<M, S> {
         self.send_frame(key, bytes);
     }
 
+    /// The hot loop of a room fan-out (a 1,000-member room at 8,000 msg/s
+    /// runs it 8M times a second): one slab lookup per member, the plain
+    /// frame without a call into the deflate state for members that did not
+    /// negotiate it.
     fn send_many_shared(&mut self, keys: &[usize], frame: &SharedFrame) {
+        let mut queued = 0;
         for &key in keys {
-            self.send_shared(key, frame);
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.phase != Phase::Ws {
+                continue;
+            }
+            let bytes = match conn.deflate.as_deref() {
+                None => frame.plain().clone(),
+                zipped => self.deflate.frame_for(zipped, frame, &self.metrics),
+            };
+            conn.out_bytes += bytes.len();
+            conn.out.push_back(bytes);
+            queued += 1;
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
         }
+        self.frames_queued += queued;
     }
 
     fn send_shared_deferred(&mut self, key: usize, frame: &SharedFrame) {
