@@ -25,6 +25,9 @@ const READS_PER_EVENT: usize = 8;
 /// slices live inline up to `INLINE_IOVECS`, so shallow queues (most
 /// flushes) allocate nothing.
 const MAX_IOVECS: usize = 1024;
+
+/// Send-queue slots up to which an emptied queue frees its buffer at once.
+pub(super) const KEEP_QUEUE_SLOTS: usize = 16;
 const INLINE_IOVECS: usize = 64;
 
 enum Step {
@@ -617,11 +620,12 @@ impl<A: App> Shard<A> {
         if written_total > 0 {
             conn.progress_ms = self.core.now_ms;
         }
-        if conn.out.is_empty() && conn.out.capacity() > 0 {
-            // An empty queue holds no memory: idle connections are most
-            // connections (S3). Keeping the buffer until a later sweep was
-            // tried: the buffers of a connect storm then coexist and the
-            // heap's high-water mark (RSS) grew by ~0.1 KiB a connection.
+        if conn.out.is_empty() && conn.out.capacity() <= KEEP_QUEUE_SLOTS {
+            // An empty small queue holds no memory: idle connections are
+            // most connections (S3), and a connect storm's few frames per
+            // connection never pile up in the heap. A bigger one (a busy
+            // member of a busy room) is kept for the next turn instead of
+            // being grown again, and freed by the sweep (`Shard::tick`).
             conn.out = VecDeque::new();
         }
         let drained = conn.out.is_empty() && !conn.io.wants_write();

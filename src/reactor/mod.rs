@@ -402,9 +402,15 @@ impl<A: App> Shard<A> {
         let end = (start + slots.div_ceil(SWEEP_SLICES).max(64)).min(slots);
         self.sweep_cursor = if end >= slots { 0 } else { end };
         for key in start..end {
-            let Some(conn) = self.core.conns.get(key) else {
+            let Some(conn) = self.core.conns.get_mut(key) else {
                 continue;
             };
+            if conn.out.is_empty() && conn.out.capacity() > 0 {
+                // A busy connection's big queue buffer, kept between writes
+                // (`io::KEEP_QUEUE_SLOTS`): given back here, so a connection
+                // that went quiet holds none.
+                conn.out = VecDeque::new();
+            }
             let action = match conn.phase {
                 // Counted from the last progress (a request, response bytes
                 // written), so a keep-alive connection is not cut mid-response.
