@@ -8,19 +8,10 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
-import { Server } from "./helpers.mjs";
+import { Server, CHROMIUM, CHROMIUM_ARGS, cleanupsAfterAll } from "./helpers.mjs";
 
-const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
-const ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"];
 
-const cleanups = [];
-after(async () => {
-  for (const f of cleanups.reverse()) {
-    try {
-      await f();
-    } catch {}
-  }
-});
+const cleanups = cleanupsAfterAll(after);
 
 async function metric(server, name) {
   const text = await (await fetch(`${server.http}/metrics`)).text();
@@ -37,7 +28,7 @@ test("Chromium's compressed messages inflate without a window per connection", {
   const server = new Server({ name: "deflate" });
   cleanups.push(() => server.stop("SIGKILL"));
   await server.start();
-  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
   cleanups.push(() => browser.close());
   const page = await (await browser.newContext()).newPage();
   await page.goto(`${server.http}/health`);

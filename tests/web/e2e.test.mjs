@@ -9,27 +9,10 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
-import { Server, Proxy, E2E_DIR, waitFor, sleep, mintToken } from "./helpers.mjs";
+import { Server, Proxy, E2E_DIR, waitFor, sleep, mintToken, CHROMIUM, CHROMIUM_ARGS, cleanupsAfterAll } from "./helpers.mjs";
 
-const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
-const ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
-const cleanups = [];
-after(async () => {
-  for (const f of cleanups.reverse()) {
-    try {
-      await f();
-    } catch {}
-  }
-});
+const cleanups = cleanupsAfterAll(after);
 
 fs.mkdirSync(E2E_DIR, { recursive: true });
 const shot = (page, name) => page.screenshot({ path: path.join(E2E_DIR, `${name}.png`) });
@@ -74,7 +57,7 @@ test("two browsers chat, dm, survive a server restart, and render payloads as te
   cleanups.push(() => px.stop());
   const base = px.http;
 
-  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
   cleanups.push(() => browser.close());
   const errors = [];
   const newPage = async (opts = {}) => {
@@ -258,7 +241,7 @@ test("a refused token stops at a sign-in screen; @name finds the user id; never-
     server.cleanup();
   });
   await server.start();
-  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
   cleanups.push(() => browser.close());
   const errors = [];
   const newPage = async () => {
@@ -397,7 +380,7 @@ test("read receipts survive a reload; the admin page shows live numbers and disc
     server.cleanup();
   });
   await server.start();
-  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
   cleanups.push(() => browser.close());
   const errors = [];
   const newPage = async () => {

@@ -15,6 +15,31 @@ export const ROOT = path.resolve(here, "../..");
 export const BIN = process.env.CORECHAT_BIN || path.join(ROOT, "target/debug/corechat");
 export const E2E_DIR = path.join(ROOT, "target/e2e");
 
+/** Debian's Chromium (or CHROMIUM_BIN) and the flags the browser tests run it with. */
+export const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
+export const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+/** Clean-ups run after every test of the file, last registered first. */
+export function cleanupsAfterAll(after) {
+  const cleanups = [];
+  after(async () => {
+    for (const f of cleanups.reverse()) {
+      try {
+        await f();
+      } catch {}
+    }
+  });
+  return cleanups;
+}
+
 export const { CoreChat, CoreChatError, dmRoom, dmPeer, backoffDelay } = await import(
   path.join(ROOT, "web/corechat.js")
 );

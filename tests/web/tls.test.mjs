@@ -9,19 +9,10 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
-import { Server, E2E_DIR } from "./helpers.mjs";
+import { Server, E2E_DIR, CHROMIUM, CHROMIUM_ARGS, cleanupsAfterAll } from "./helpers.mjs";
 
-const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
-const ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"];
 
-const cleanups = [];
-after(async () => {
-  for (const f of cleanups.reverse()) {
-    try {
-      await f();
-    } catch {}
-  }
-});
+const cleanups = cleanupsAfterAll(after);
 
 /** A self-signed certificate for localhost/127.0.0.1 and its key. */
 function selfSigned() {
@@ -57,7 +48,7 @@ test("the page served over https:// connects with wss:// and chats", { timeout: 
     fs.rmSync(dir, { recursive: true, force: true });
   });
   await server.start();
-  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
   cleanups.push(() => browser.close());
 
   const errors = [];
