@@ -96,6 +96,13 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
     0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Upper bounds (seconds) of the loop-turn histogram: how long a shard's
+/// event loop works between two waits. A turn longer than a few ms delays
+/// every connection of the shard by as much (a tail in everyone's p99.9).
+pub const TURN_BUCKETS: [f64; 11] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
 /// Counters of one shard.
 #[derive(Default)]
 pub struct ShardMetrics {
@@ -121,6 +128,21 @@ pub struct ShardMetrics {
     /// Cumulative bucket counts (Prometheus `le` semantics), then +Inf.
     latency_buckets: [AtomicU64; 17],
     latency_sum_us: AtomicU64,
+    /// Per-bucket (not cumulative) loop-turn counts, then the over-the-top one.
+    turn_buckets: [AtomicU64; 12],
+    turn_sum_us: AtomicU64,
+}
+
+impl ShardMetrics {
+    /// One turn of the shard's loop took `us` microseconds of work.
+    pub fn record_turn(&self, us: u64) {
+        let i = TURN_BUCKETS
+            .iter()
+            .position(|b| us <= (b * 1e6) as u64)
+            .unwrap_or(TURN_BUCKETS.len());
+        inc(&self.turn_buckets[i]);
+        add(&self.turn_sum_us, us);
+    }
 }
 
 /// Adds one to a counter.
@@ -255,6 +277,10 @@ const HELP: &[(&str, &str)] = &[
         "Time from a message's arrival to its frame being queued on a member connection, per shard.",
     ),
     (
+        "corechat_loop_turn_seconds",
+        "Work of one event-loop turn (from the wake-up to the next wait), per shard: long turns delay every connection of the shard.",
+    ),
+    (
         "corechat_open_fds",
         "File descriptors open in the process.",
     ),
@@ -355,6 +381,26 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64
         let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
         let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {total}");
     }
+    let name = "corechat_loop_turn_seconds";
+    header(&mut out, name, "histogram");
+    for (shard, m) in shards.iter().enumerate() {
+        let mut cumulative = 0;
+        for (i, bound) in TURN_BUCKETS.iter().enumerate() {
+            cumulative += m.turn_buckets[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{shard=\"{shard}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += m.turn_buckets[TURN_BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = m.turn_sum_us.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {cumulative}");
+    }
     for (name, kind, value) in extra {
         header(&mut out, name, kind);
         let _ = writeln!(out, "{name} {value}");
@@ -426,6 +472,16 @@ mod tests {
             text.contains("corechat_fanout_latency_seconds_bucket{shard=\"0\",le=\"0.0025\"} 2")
         );
         assert!(text.contains("corechat_fanout_latency_seconds_count{shard=\"0\"} 2"));
+        m.record_turn(30); // 30 µs
+        m.record_turn(3_000); // 3 ms
+        m.record_turn(500_000); // 0.5 s: past the last bound
+        let text = render(&[m.clone()], &[("corechat_up", "gauge", 1.0)]);
+        assert!(text.contains("corechat_loop_turn_seconds_bucket{shard=\"0\",le=\"0.00005\"} 1"));
+        assert!(text.contains("corechat_loop_turn_seconds_bucket{shard=\"0\",le=\"0.0025\"} 1"));
+        assert!(text.contains("corechat_loop_turn_seconds_bucket{shard=\"0\",le=\"0.005\"} 2"));
+        assert!(text.contains("corechat_loop_turn_seconds_bucket{shard=\"0\",le=\"0.1\"} 2"));
+        assert!(text.contains("corechat_loop_turn_seconds_bucket{shard=\"0\",le=\"+Inf\"} 3"));
+        assert!(text.contains("corechat_loop_turn_seconds_count{shard=\"0\"} 3"));
         assert!(text.contains("corechat_up 1"));
     }
 
@@ -510,10 +566,11 @@ mod tests {
             ("corechat_tls_handshakes_total", "counter"),
             ("corechat_disconnects_total", "counter"),
             ("corechat_fanout_latency_seconds", "histogram"),
+            ("corechat_loop_turn_seconds", "histogram"),
             ("corechat_open_fds", "gauge"),
         ] {
             assert!(types.contains(&(name, kind)), "{name} {kind} missing");
         }
-        assert_eq!(types.len(), 21);
+        assert_eq!(types.len(), 22);
     }
 }

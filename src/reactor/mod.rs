@@ -186,7 +186,20 @@ impl<A: App> Shard<A> {
             }
             self.core.now_ms = self.clock();
             self.core.app_wake_ms = 0;
+            let turn_started = Instant::now();
+            let mut since_flush = turn_started;
             for event in events.iter() {
+                // A burst of ready sockets (hundreds of requests at once)
+                // is written in parts: each part's replies and deliveries
+                // leave once it took `MAX_UNFLUSHED_WORK`, instead of the
+                // first one waiting for the whole burst.
+                if since_flush.elapsed() >= MAX_UNFLUSHED_WORK {
+                    self.run_local();
+                    self.app.end_of_turn(&mut self.core);
+                    self.core.flush_outbox();
+                    self.flush_dirty();
+                    since_flush = Instant::now();
+                }
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
@@ -232,6 +245,9 @@ impl<A: App> Shard<A> {
                 self.tick();
                 self.next_tick_ms = self.core.now_ms + (self.tick_ms / SWEEP_SLICES as u64).max(1);
             }
+            self.core
+                .metrics
+                .record_turn(turn_started.elapsed().as_micros() as u64);
             if self.core.shared.shutdown.load(Ordering::Relaxed) && self.drain() {
                 return;
             }
@@ -484,6 +500,10 @@ impl<A: App> Shard<A> {
         self.app.on_tick(&mut self.core);
     }
 }
+
+/// Work a turn does on ready sockets before it writes what it has so far
+/// (see `Shard::run`).
+const MAX_UNFLUSHED_WORK: Duration = Duration::from_millis(1);
 
 /// Parts the connection sweep is cut into (see `Shard::sweep_cursor`).
 const SWEEP_SLICES: usize = 16;
