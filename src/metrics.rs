@@ -475,7 +475,7 @@ mod tests {
         m.record_turn(30); // 30 µs
         m.record_turn(3_000); // 3 ms
         m.record_turn(500_000); // 0.5 s: past the last bound
-        let text = render(&[m.clone()], &[("corechat_up", "gauge", 1.0)]);
+        let text = render(std::slice::from_ref(&m), &[("corechat_up", "gauge", 1.0)]);
         assert!(text.contains("corechat_loop_turn_seconds_bucket{shard=\"0\",le=\"0.00005\"} 1"));
         assert!(text.contains("corechat_loop_turn_seconds_bucket{shard=\"0\",le=\"0.0025\"} 1"));
         assert!(text.contains("corechat_loop_turn_seconds_bucket{shard=\"0\",le=\"0.005\"} 2"));
