@@ -194,6 +194,39 @@ impl ShardMetrics {
     }
 }
 
+/// One shard's series of a histogram family: `cumulative` holds a count
+/// per bound of `bounds` and then the +Inf one; `sum_us` in microseconds.
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    shard: usize,
+    bounds: &[f64],
+    cumulative: impl Iterator<Item = u64>,
+    sum_us: u64,
+) {
+    let mut total = 0;
+    for (i, count) in cumulative.enumerate() {
+        total = count;
+        match bounds.get(i) {
+            Some(bound) => {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{shard=\"{shard}\",le=\"{bound}\"}} {count}"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {count}"
+                );
+            }
+        }
+    }
+    let sum = sum_us as f64 / 1e6;
+    let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
+    let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {total}");
+}
+
 /// One line of help per metric family (`# HELP`), by family name.
 const HELP: &[(&str, &str)] = &[
     (
@@ -365,41 +398,20 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>], extra: &[(&str, &str, f64
     let name = "corechat_fanout_latency_seconds";
     header(&mut out, name, "histogram");
     for (shard, m) in shards.iter().enumerate() {
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{shard=\"{shard}\",le=\"{bound}\"}} {}",
-                m.latency_buckets[i].load(Relaxed)
-            );
-        }
-        let total = m.latency_buckets[LATENCY_BUCKETS.len()].load(Relaxed);
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {total}"
-        );
-        let sum = m.latency_sum_us.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
-        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {total}");
+        // Already cumulative, +Inf last.
+        let counts = m.latency_buckets.iter().map(|c| c.load(Relaxed));
+        let sum = m.latency_sum_us.load(Relaxed);
+        write_histogram(&mut out, name, shard, &LATENCY_BUCKETS, counts, sum);
     }
     let name = "corechat_loop_turn_seconds";
     header(&mut out, name, "histogram");
     for (shard, m) in shards.iter().enumerate() {
-        let mut cumulative = 0;
-        for (i, bound) in TURN_BUCKETS.iter().enumerate() {
-            cumulative += m.turn_buckets[i].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{shard=\"{shard}\",le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        cumulative += m.turn_buckets[TURN_BUCKETS.len()].load(Relaxed);
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {cumulative}"
-        );
-        let sum = m.turn_sum_us.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
-        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {cumulative}");
+        let counts = m.turn_buckets.iter().scan(0, |total, c| {
+            *total += c.load(Relaxed);
+            Some(*total)
+        });
+        let sum = m.turn_sum_us.load(Relaxed);
+        write_histogram(&mut out, name, shard, &TURN_BUCKETS, counts, sum);
     }
     for (name, kind, value) in extra {
         header(&mut out, name, kind);
