@@ -248,13 +248,12 @@ fn unusable_tls_options_are_refused_at_start_with_a_clear_error() {
     let _ = key;
 }
 
-#[test]
-fn a_reader_that_falls_behind_gets_every_frame_in_order_over_tls() {
-    let dir = common::chat::tempdir();
-    let pair = Pair::generate();
-    let srv = start_tls(
-        dir.path(),
-        &pair,
+/// A TLS server that lets one client publish as fast as it likes and holds
+/// up to 32 MiB unsent for a reader (the backlog tests).
+fn start_flood_server(dir: &std::path::Path, pair: &Pair) -> common::Server {
+    start_tls(
+        dir,
+        pair,
         &[
             "--rate-per-sec",
             "100000",
@@ -263,7 +262,14 @@ fn a_reader_that_falls_behind_gets_every_frame_in_order_over_tls() {
             "--max-outbound-bytes",
             "33554432",
         ],
-    );
+    )
+}
+
+#[test]
+fn a_reader_that_falls_behind_gets_every_frame_in_order_over_tls() {
+    let dir = common::chat::tempdir();
+    let pair = Pair::generate();
+    let srv = start_flood_server(dir.path(), &pair);
     let cfg = client_config(&[&pair.der], &[b"http/1.1"]);
     let mut alice = WssClient::connect(&srv.addr, &cfg, "alice");
     let mut bob = WssClient::connect(&srv.addr, &cfg, "bob");
@@ -396,18 +402,7 @@ fn half_a_record_waits_for_its_rest_while_the_whole_one_before_it_is_answered() 
 fn a_slow_reader_gets_a_backlog_far_over_the_encryption_batch_in_order() {
     let dir = common::chat::tempdir();
     let pair = Pair::generate();
-    let srv = start_tls(
-        dir.path(),
-        &pair,
-        &[
-            "--rate-per-sec",
-            "100000",
-            "--burst",
-            "100000",
-            "--max-outbound-bytes",
-            "33554432",
-        ],
-    );
+    let srv = start_flood_server(dir.path(), &pair);
     for (i, version) in VERSIONS.into_iter().enumerate() {
         let room = format!("backlog{i}");
         let cfg = config_for(&pair.der, version, None);
