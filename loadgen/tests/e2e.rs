@@ -229,28 +229,7 @@ fn fanout_counts_every_dropped_delivery_and_gap() {
     const M: u64 = 20;
     let m = Mock::with("d", |o| o.drop_every = Some(N));
     let url = m.url();
-    let o = run_at(
-        "fanout",
-        &url,
-        "d",
-        &[
-            "--conns",
-            "20",
-            "--rooms",
-            "1",
-            "--rate",
-            "300",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.2",
-            "--drain",
-            "0.3",
-            "--threads",
-            "2",
-        ],
-    )
-    .unwrap();
+    let o = short_fanout(&url, "d", M);
     let f = &o.summary["figures"];
     let r = &o.summary["run"];
     assert_eq!(f["connect"]["ready"], M, "{}", o.summary);
@@ -291,21 +270,17 @@ fn fanout_counts_every_dropped_delivery_and_gap() {
     );
 }
 
-#[test]
-fn fanout_counts_every_duplicate_delivery() {
-    // The mock sends every 5th message of the room twice: each of the 12 members counts a
-    // duplicate for it, and no gap or loss.
-    const N: u64 = 5;
-    const M: u64 = 12;
-    let m = Mock::with("u", |o| o.dup_every = Some(N));
-    let url = m.url();
-    let o = run_at(
+/// One second of `fanout` into one room of `members` on two threads, against
+/// a faulty mock (the drop and duplicate tests).
+fn short_fanout(url: &str, tag: &str, members: u64) -> scenarios::Outcome {
+    let conns = members.to_string();
+    run_at(
         "fanout",
-        &url,
-        "u",
+        url,
+        tag,
         &[
             "--conns",
-            "12",
+            &conns,
             "--rooms",
             "1",
             "--rate",
@@ -320,7 +295,18 @@ fn fanout_counts_every_duplicate_delivery() {
             "2",
         ],
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn fanout_counts_every_duplicate_delivery() {
+    // The mock sends every 5th message of the room twice: each of the 12 members counts a
+    // duplicate for it, and no gap or loss.
+    const N: u64 = 5;
+    const M: u64 = 12;
+    let m = Mock::with("u", |o| o.dup_every = Some(N));
+    let url = m.url();
+    let o = short_fanout(&url, "u", M);
     let f = &o.summary["figures"];
     let r = &o.summary["run"];
     assert_eq!(f["connect"]["ready"], M, "{}", o.summary);
