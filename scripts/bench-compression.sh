@@ -6,9 +6,9 @@
 #   S1 saturation: `loadgen ramp` (1 room, CONNS members, BODY-byte bodies), the highest
 #                  step with loss < 0.1% and p99 < 100 ms, in deliveries/s
 #   bytes/delivery: server bytes written (corechat_bytes_out_total) over its deliveries
-#                  (corechat_deliveries_total), from /metrics, from when every connection has
-#                  joined (the joins' presence frames are not counted) to the end of a
-#                  `loadgen fanout` at RATE msg/s (well under saturation: every frame is written)
+#                  (corechat_deliveries_total), from /metrics, over 6 s in the middle of a
+#                  `loadgen fanout` at RATE msg/s (well under saturation: every frame is written;
+#                  the joins' and the departures' presence frames fall outside)
 #   server CPU:    the server's CPU % during that fanout (as the load generator reports it)
 #   idle KiB/conn: `loadgen idle` (IDLE_CONNS connections, joined, then held): server RSS
 #                  growth per connection
@@ -94,10 +94,14 @@ for round in $(seq "$ROUNDS"); do
     sleep 2.5
     b0=$(metric corechat_bytes_out_total)
     d0=$(metric corechat_deliveries_total)
-    wait "$lg_pid" || true
-    sleep 1
+    # Read the end point while the fanout still publishes (it does for warm-up + duration,
+    # 11 s): once the load generator leaves, every departure queues `user_left` to each
+    # remaining member, which counts as a delivery but is never written (the member is
+    # leaving too), and a read taken after that divided the bytes by twice the deliveries.
+    sleep 6
     b1=$(metric corechat_bytes_out_total)
     d1=$(metric corechat_deliveries_total)
+    wait "$lg_pid" || true
     zipped=$(metric corechat_frames_compressed_total)
     stop_server
     bpd=$(awk -v b=$((b1 - b0)) -v d=$((d1 - d0)) 'BEGIN {printf "%.1f", d ? b / d : 0}')

@@ -271,6 +271,17 @@ pub fn compare(base: &[PathBuf], new: &[PathBuf], svg: Option<&Path>) -> anyhow:
         .unwrap_or("?")
         .to_string();
     let mut s = table(&scenario, &rows);
+    for (side, dirs) in [("base", base), ("new", new)] {
+        for (i, d) in dirs.iter().enumerate() {
+            if let Some(why) = crate::hosthealth::disturbed_in(&load(d)?) {
+                let _ = writeln!(
+                    s,
+                    "\nwarning: {side} run {} ran on a disturbed host ({why}): its figures are bounded by the host",
+                    i + 1
+                );
+            }
+        }
+    }
     if let Some(svg) = svg {
         use plotters::style::{Color, BLUE, RED};
         let mut curves: Vec<(Curve, plotters::style::RGBAColor)> = Vec::new();

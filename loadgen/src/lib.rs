@@ -7,6 +7,7 @@ pub mod cli;
 pub mod driver;
 pub mod engine;
 pub mod gate;
+pub mod hosthealth;
 pub mod jwt;
 pub mod mock;
 pub mod msgfast;

@@ -111,7 +111,10 @@ pub fn compare_text(old_dir: &Path, new_dir: &Path) -> anyhow::Result<String> {
             } else {
                 ""
             }
-        )
+        ) + crate::hosthealth::disturbed_in(v)
+            .map(|why| format!(" (HOST DISTURBED: {why})"))
+            .as_deref()
+            .unwrap_or("")
     };
     let _ = writeln!(s, "OLD {}: {}", old_dir.display(), desc(&a));
     let _ = writeln!(s, "NEW {}: {}", new_dir.display(), desc(&b));
@@ -448,9 +451,14 @@ pub fn table_text(dirs: &[PathBuf], markdown: bool) -> anyhow::Result<String> {
         lines[0].push("failed conns".into());
         for (label, s) in rows {
             let mut row = vec![format!(
-                "{label}{}",
+                "{label}{}{}",
                 if s["loadgen_saturated"].as_bool() == Some(true) {
                     " (loadgen saturated)"
+                } else {
+                    ""
+                },
+                if crate::hosthealth::disturbed_in(s).is_some() {
+                    " (host disturbed)"
                 } else {
                     ""
                 }

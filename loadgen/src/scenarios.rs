@@ -3,6 +3,7 @@
 use crate::cli::{self, Common, WsUrl};
 use crate::driver::{human, ConnectSummary, Driver, WindowResult};
 use crate::engine::{Auth, Config, FinalReport, Mode};
+use crate::hosthealth::{self, HostHealth};
 use crate::jwt::Minter;
 use crate::proto::Target;
 use crate::stats::{hgrm, round3, Hist, Pcts};
@@ -469,6 +470,7 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
     }
     let srv_before = d.sample_server();
     let t_start = sys::mono_ns();
+    let host_before = hosthealth::sample();
     d.connect_phase();
     let srv_connected = d.sample_server();
     let cs = d.connect.take().expect("connect summary");
@@ -819,6 +821,8 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
 
     let (fin, cpu, d) = d.stop();
     let total_secs = (sys::mono_ns() - t_start) as f64 / 1e9;
+    let host_health = HostHealth::between(&host_before, &hosthealth::sample());
+    let _ = writeln!(text, "{}", host_health.line());
     if !fin.errors.is_empty() {
         let _ = writeln!(text, "server errors: {:?}", fin.errors);
         if spec.kind == Kind::Acks && fin.errors.contains_key("rate_limited") {
@@ -913,6 +917,7 @@ pub fn run(spec: &Spec, c: &Common) -> anyhow::Result<Outcome> {
         "command_line": command_line(),
         "git_commit": sys::git_commit(),
         "host": sys::host_facts(),
+        "host_health": host_health.to_json(),
         "started_unix_ms": sys::unix_ms() - (total_secs * 1000.0) as u64,
         "wall_secs": round3(total_secs),
         "loadgen_version": env!("CARGO_PKG_VERSION"),

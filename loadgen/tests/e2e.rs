@@ -128,6 +128,15 @@ fn fanout_against_mock_has_no_loss_and_writes_outputs() {
     assert_eq!(o.summary["scenario"], "fanout");
     assert!(o.summary["command_line"].is_string());
     assert!(o.summary["host"]["kernel"].is_string());
+    // The host counters were read around the run: its own loopback traffic is in them.
+    let h = &o.summary["host_health"];
+    assert!(h["tcp_out_segs"].as_u64().unwrap() > 50, "{h}");
+    assert!(h["steal_pct"].is_number(), "{h}");
+    assert!(
+        o.text.contains("host: clean") || o.text.contains("the host was disturbed"),
+        "{}",
+        o.text
+    );
 
     let dir = std::env::temp_dir().join(format!("loadgen-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

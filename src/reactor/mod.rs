@@ -384,7 +384,9 @@ impl<A: App> Shard<A> {
         let mut conn = self.core.conns.remove(key);
         self.core.held_input -= conn.inbuf.capacity();
         conn.io.close_notify();
-        let _ = self.core.registry.deregister(conn.io.socket());
+        // No deregister: `conn` holds the socket's only descriptor, and its
+        // close at the end of this call takes it out of the epoll set (an
+        // EPOLL_CTL_DEL first would be one more syscall per disconnect).
         if conn.ip_counted {
             self.core
                 .shared
