@@ -6,7 +6,7 @@
 #   S1 saturation: `loadgen ramp` (1 room, CONNS members, BODY-byte bodies), the highest
 #                  step with loss < 0.1% and p99 < 100 ms, in deliveries/s
 #   bytes/delivery: server bytes written (corechat_bytes_out_total) over its deliveries
-#                  (corechat_deliveries_total), from /metrics, over 6 s in the middle of a
+#                  (corechat_deliveries_total), from /metrics, over 5 s in the middle of a
 #                  `loadgen fanout` at RATE msg/s (well under saturation: every frame is written;
 #                  the joins' and the departures' presence frames fall outside)
 #   server CPU:    the server's CPU % during that fanout (as the load generator reports it)
@@ -65,6 +65,10 @@ start_server() { # MODE(on|off) LOG
 metric() { # NAME: summed over shards
   curl -s "http://127.0.0.1:$PORT/metrics" | awk -v n="$1" '$1 ~ "^"n"({|$)" {s += $2} END {printf "%d", s}'
 }
+snapshot() { curl -s "http://127.0.0.1:$PORT/metrics"; }
+pick() { # TEXT NAME: one metric of a snapshot, summed over shards
+  awk -v n="$2" '$1 ~ "^"n"({|$)" {s += $2} END {printf "%d", s}' <<<"$1"
+}
 
 lg() { # SUBCOMMAND DIR ARGS...
   local cmd=$1 dir=$2
@@ -92,19 +96,28 @@ for round in $(seq "$ROUNDS"); do
       sleep 0.1
     done
     sleep 2.5
-    b0=$(metric corechat_bytes_out_total)
-    d0=$(metric corechat_deliveries_total)
+    s0=$(snapshot)
+    b0=$(pick "$s0" corechat_bytes_out_total)
+    d0=$(pick "$s0" corechat_deliveries_total)
     # Read the end point while the fanout still publishes (it does for warm-up + duration,
     # 11 s): once the load generator leaves, every departure queues `user_left` to each
     # remaining member, which counts as a delivery but is never written (the member is
     # leaving too), and a read taken after that divided the bytes by twice the deliveries.
-    sleep 6
-    b1=$(metric corechat_bytes_out_total)
-    d1=$(metric corechat_deliveries_total)
+    sleep 5
+    s1=$(snapshot)
+    b1=$(pick "$s1" corechat_bytes_out_total)
+    d1=$(pick "$s1" corechat_deliveries_total)
+    # If members had started leaving by then (a slow host stretches /metrics reads and
+    # bunches publishes), the window holds departures and is no measure.
+    open1=$(pick "$s1" corechat_connections_open)
     wait "$lg_pid" || true
     zipped=$(metric corechat_frames_compressed_total)
     stop_server
     bpd=$(awk -v b=$((b1 - b0)) -v d=$((d1 - d0)) 'BEGIN {printf "%.1f", d ? b / d : 0}')
+    if [ "$open1" -lt "$CONNS" ]; then
+      echo "   $mode round $round: the fanout ended inside the bytes window ($open1 of $CONNS connections open): bytes/delivery not measured" >&2
+      bpd=nan
+    fi
     cpu=$(python3 -c '
 import json, sys
 def find(v):
