@@ -407,6 +407,22 @@ fn silent_client_is_dropped_after_heartbeat_timeout() {
     }
     assert!(saw_ping, "server sends pings");
     assert!(srv.metric_with("corechat_disconnects_total", "reason=\"heartbeat_timeout\"") >= 1.0);
+    // A host that stalls the server (a VM descheduled for longer than ping +
+    // timeout) must not make it drop a client it never pinged: once running
+    // again it pings first, then waits a whole timeout for the answer.
+    let mut raw = Raw::open(&srv.addr, &token("frozen"));
+    srv.signal(19); // SIGSTOP
+    std::thread::sleep(Duration::from_millis(900));
+    srv.signal(18); // SIGCONT
+    let mut frames = Vec::new();
+    while let Some((op, _)) = raw.frame() {
+        frames.push(op);
+    }
+    assert!(
+        frames.contains(&OpCode::Ping),
+        "pinged before being dropped after a stall: {frames:?}"
+    );
+    assert!(srv.metric_with("corechat_disconnects_total", "reason=\"heartbeat_timeout\"") >= 2.0);
     drop(srv);
     // A client that answers pings (tungstenite does) stays connected. Same
     // 200 ms pings, but a 2 s timeout: on a loaded 2-core machine the test's

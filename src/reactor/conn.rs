@@ -43,6 +43,10 @@ pub struct Conn<S> {
     pub last_recv_ms: u64,
     /// Coarse clock (ms) of the last ping we sent.
     pub last_ping_ms: u64,
+    /// When the oldest ping the peer has not answered yet (by sending
+    /// anything) went out; 0: none. The heartbeat timeout counts from it,
+    /// so a late tick never drops a peer that had no ping to answer.
+    pub unanswered_ping_ms: u64,
     /// HTTP: when the connection last made progress (opened, a request
     /// parsed, response bytes written); the handshake timeout counts from it.
     pub progress_ms: u64,
@@ -89,6 +93,7 @@ impl<S> Conn<S> {
             out_bytes: 0,
             last_recv_ms: now_ms,
             last_ping_ms: now_ms,
+            unanswered_ping_ms: 0,
             progress_ms: now_ms,
             partial_since_ms: 0,
             deadline_ms: 0,

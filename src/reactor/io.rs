@@ -663,6 +663,8 @@ impl<A: App> Shard<A> {
 
 /// Notes that bytes arrived: the heartbeat clock restarts.
 fn record_received<M, S>(core: &mut Core<M, S>, key: usize, n: usize) {
-    core.conns[key].last_recv_ms = core.now_ms;
+    let conn = &mut core.conns[key];
+    conn.last_recv_ms = core.now_ms;
+    conn.unanswered_ping_ms = 0;
     metrics::add(&core.metrics.bytes_in, n as u64);
 }

@@ -449,7 +449,12 @@ impl<A: App> Shard<A> {
                         .as_deref()
                         .and_then(A::expires_at)
                         .is_some_and(|exp| now_secs >= exp);
-                    if quiet_for >= cfg.heartbeat_ms + cfg.heartbeat_timeout_ms {
+                    // Silent for the whole period, and a ping has waited a
+                    // full timeout for its answer: when the loop ran late
+                    // (a stalled host), the ping goes out first.
+                    let ping_waited = conn.unanswered_ping_ms > 0
+                        && now.saturating_sub(conn.unanswered_ping_ms) >= cfg.heartbeat_timeout_ms;
+                    if ping_waited && quiet_for >= cfg.heartbeat_ms + cfg.heartbeat_timeout_ms {
                         Some(TickAction::Drop(DisconnectReason::HeartbeatTimeout))
                     } else if expired {
                         Some(TickAction::Expire)
@@ -484,7 +489,11 @@ impl<A: App> Shard<A> {
                     DisconnectReason::TokenExpired,
                 ),
                 TickAction::Ping => {
-                    self.core.conns[key].last_ping_ms = now;
+                    let conn = &mut self.core.conns[key];
+                    conn.last_ping_ms = now;
+                    if conn.unanswered_ping_ms == 0 {
+                        conn.unanswered_ping_ms = now.max(1);
+                    }
                     self.core.send_frame(key, ws::frame(OpCode::Ping, b""));
                 }
             }
