@@ -17,6 +17,8 @@
 #   OUT=...            results (default bench-results/compare-<base>-<new>-<date>/)
 #   COMPARE_CACHE=...  base worktrees and builds (default $TMPDIR/corechat-bench-compare)
 #   NO_BUILD=1         reuse the working tree's target/release binaries as they are
+#   BASE_BIN=...       an already built server to use as the base (BASE_REF then only labels it;
+#                      for A/B of a build option, e.g. the same commit with another allocator)
 #   CORECHAT_EXTRA, LOADGEN_EXTRA, PORT, SOURCE_IPS: passed to scripts/bench.sh
 #
 # Verdict: a figure is "better"/"worse" when the two medians differ by more than the noise
@@ -27,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-if [ $# -lt 1 ] || [ "$1" = -h ] || [ "$1" = --help ]; then sed -n '2,26p' "$0"; exit 2; fi
+if [ $# -lt 1 ] || [ "$1" = -h ] || [ "$1" = --help ]; then sed -n '2,27p' "$0"; exit 2; fi
 BASE_REF=$1; shift
 if [ $# -gt 0 ]; then SCENARIOS=("$@"); else SCENARIOS=(ramp s2); fi
 ROUNDS=${ROUNDS:-3}
@@ -44,17 +46,21 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 mkdir -p "$OUT" "$CACHE"
 
 # --- build both sides
-if [ ! -d "$BASE_TREE" ]; then
-  echo "== git worktree for $BASE_REF ($BASE_SHORT) in $BASE_TREE" >&2
-  git worktree add --detach "$BASE_TREE" "$BASE_SHA" >&2
+if [ -n "${BASE_BIN:-}" ]; then
+  echo "== base server: $BASE_BIN (labelled $BASE_REF)" >&2
+else
+  if [ ! -d "$BASE_TREE" ]; then
+    echo "== git worktree for $BASE_REF ($BASE_SHORT) in $BASE_TREE" >&2
+    git worktree add --detach "$BASE_TREE" "$BASE_SHA" >&2
+  fi
+  echo "== building the base server ($BASE_SHORT)" >&2
+  (cd "$BASE_TREE" && CARGO_TARGET_DIR="$BASE_TREE/target" cargo build --release -p corechat >&2)
+  BASE_BIN=$BASE_TREE/target/release/corechat
 fi
-echo "== building the base server ($BASE_SHORT)" >&2
-(cd "$BASE_TREE" && CARGO_TARGET_DIR="$BASE_TREE/target" cargo build --release -p corechat >&2)
 if [ "${NO_BUILD:-0}" != 1 ]; then
   echo "== building the working tree (corechat, loadgen)" >&2
   cargo build --release -p corechat -p loadgen >&2
 fi
-BASE_BIN=$BASE_TREE/target/release/corechat
 NEW_BIN=$TARGET_DIR/release/corechat
 LG=$TARGET_DIR/release/loadgen
 for b in "$BASE_BIN" "$NEW_BIN" "$LG"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 1; }; done

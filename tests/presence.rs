@@ -120,6 +120,37 @@ fn presence_flush_zero_sends_at_once_as_before() {
     order_and_lone_frames("0");
 }
 
+/// However long the deferral (here a minute, never reached by the test), a
+/// member holding eight deferred frames writes them at once: a storm's
+/// longer wait never grows a queue past eight frames.
+#[test]
+fn eight_deferred_frames_leave_without_waiting_for_the_deadline() {
+    let mut flags = vec![
+        "--presence-flush-ms",
+        "60000",
+        "--presence-flush-max-ms",
+        "60000",
+        // No ping either: it would carry the frames with it.
+        "--heartbeat-ms",
+        "600000",
+    ];
+    flags.extend(FAST);
+    let srv = Server::start(&flags);
+    let mut obs = client(&srv, "obs");
+    join_with(&mut obs, "r", None);
+    let mut users = Vec::new();
+    for i in 0..8 {
+        let mut c = client(&srv, &format!("e{i}"));
+        join_with(&mut c, "r", None);
+        users.push(c);
+    }
+    for i in 0..8 {
+        let v = obs.recv_json();
+        assert_eq!(v["type"], "user_joined", "{v}");
+        assert_eq!(v["user"], format!("e{i}"));
+    }
+}
+
 /// Many presence frames to one member, deferred: every one arrives, in
 /// order, none lost or doubled.
 #[test]

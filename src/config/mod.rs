@@ -281,6 +281,8 @@ options! {
     handshake_timeout_ms: u64 = 5_000, "handshake-timeout-ms", "MS", check(positive);
     /// Longest a presence frame (user_joined, user_left, typing) waits for the connection's next write before it is flushed alone; 0 = flush at once
     presence_flush_ms: u64 = 250, "presence-flush-ms", "MS";
+    /// Longest that wait grows to while thousands of connections hold presence frames (a connect storm); never below presence-flush-ms
+    presence_flush_max_ms: u64 = 1000, "presence-flush-max-ms", "MS";
     /// Window of a presence_diff for members that joined with "presence":"batched"
     presence_batch_ms: u64 = 250, "presence-batch-ms", "MS", check(positive);
     /// Per-connection send buffer before it is closed as too slow

@@ -138,33 +138,40 @@ impl<M, S> Core<M, S> {
     }
 
     /// Queues a frame that need not leave this turn (presence): it goes
-    /// with the connection's next write, or by the deferral deadline. Order
-    /// is kept (one queue); the bytes count as unsent like any other.
+    /// with the connection's next write, or by the deferral deadline (see
+    /// `deferred`: longer in a storm). Order is kept (one queue); the bytes
+    /// count as unsent like any other.
     pub(super) fn send_frame_deferred(&mut self, key: usize, frame: Bytes) {
+        use super::deferred::{cap, delay_ms, MAX_DEFERRED_FRAMES};
         let now = self.now_ms;
-        let delay = self.shared.cfg.presence_flush_ms;
-        let pause_bytes = self.pause_bytes;
-        if delay == 0 {
+        let cfg = &self.shared.cfg;
+        if cfg.presence_flush_ms == 0 {
             return self.send_frame(key, frame);
         }
-        let room = self.deferred.len() < super::deferred::cap(self.conns.len());
+        let waiting = self.deferred.len();
+        let delay = delay_ms(cfg.presence_flush_ms, cfg.presence_flush_max_ms, waiting);
+        let room = waiting < cap(self.conns.len());
+        let pause_bytes = self.pause_bytes;
         let Some(conn) = self.queue_ws(key, frame) else {
             return;
         };
-        if conn.dirty || (conn.deferred_until != 0 && conn.out_bytes <= pause_bytes) {
-            return; // leaves this turn, or already waits for its deadline
+        if conn.dirty {
+            return; // leaves this turn
         }
         // Too much held for one connection, or the queue of waiting
         // connections is full: write now, as without deferral.
-        if conn.out_bytes > pause_bytes || !room {
+        let too_much = conn.out_bytes > pause_bytes || conn.out.len() >= MAX_DEFERRED_FRAMES;
+        if too_much || !room {
             conn.dirty = true;
             self.dirty.push(key);
             return;
         }
-        let at = now + delay;
-        conn.deferred_until = at;
+        if conn.deferred_until != 0 {
+            return; // already waits for its deadline
+        }
         let id = conn.id;
-        self.deferred.push(at, key, id);
+        let at = self.deferred.push(now + delay, key, id);
+        self.conns[key].deferred_until = at;
     }
 
     /// Connections whose deferred frames are due are flushed this turn.
