@@ -143,7 +143,8 @@ scn_quick() {
   esac
 }
 
-STAMP=$(date +%Y-%m-%d-%H%M)
+# Seconds too: back-to-back rounds (a loop of three runs) must not overwrite each other.
+STAMP=$(date +%Y-%m-%d-%H%M%S)
 OUT=$ROOT/bench-results/peers-$STAMP
 mkdir -p "$OUT"
 RAN=()
