@@ -382,6 +382,8 @@ pub struct Worker {
     max_in_flight: usize,
     connect_reported: bool,
     ready: u64,
+    /// Connections that timed out before joining (`give_up_if_nothing_answers`).
+    timed_out: u64,
     failed: u64,
     per_room: Vec<u32>,
     failures: BTreeMap<String, u64>,
@@ -543,6 +545,7 @@ impl Worker {
             max_in_flight,
             connect_reported: false,
             ready: 0,
+            timed_out: 0,
             failed: 0,
             per_room: vec![0; cfg.rooms.max(1)],
             failures: BTreeMap::new(),
@@ -838,10 +841,36 @@ impl Worker {
                     _ => "timeout: join".into(),
                 };
                 self.close(slot as usize, why);
+                self.timed_out += 1;
                 continue;
             }
             break;
         }
+        self.give_up_if_nothing_answers();
+    }
+
+    /// A whole window of attempts timed out and none got through: the server does not
+    /// answer this dialect (a wrong `--target`, another program on the port). The rest are
+    /// counted as failed without trying, so the run ends after one timeout, not after one
+    /// per window of connections (19,000 / 256 x 30 s is over half an hour).
+    fn give_up_if_nothing_answers(&mut self) {
+        let left = self.conns.len() - self.next_open;
+        if self.ready > 0 || left == 0 || self.timed_out < self.max_in_flight as u64 {
+            return;
+        }
+        let why = format!(
+            "not tried: the first {} timed out, none answered",
+            self.timed_out
+        );
+        for c in &mut self.conns[self.next_open..] {
+            c.st = St::Closed;
+        }
+        self.next_open = self.conns.len();
+        self.failed += left as u64;
+        *self.failures.entry(why).or_default() += left as u64;
+        self.sh.threads[self.id]
+            .failed
+            .fetch_add(left as u64, Relaxed);
     }
 
     fn global_index(&self, slot: usize) -> usize {

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 struct Mock {
     addr: SocketAddr,
@@ -382,6 +383,53 @@ fn refused_connections_are_counted_and_fail_the_run() {
     assert!(t.contains("failed conns"), "{t}");
     assert!(t.contains("10 (http 429: 10)"), "{t}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server that accepts and never answers (another program on the port, a wrong
+/// `--target`): once a whole window of connections timed out with none through, the rest
+/// are counted as not tried, so the run ends after one timeout instead of one per window.
+#[test]
+fn a_server_that_never_answers_ends_the_run_after_one_window() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let held = {
+        let stop = stop.clone();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })
+    };
+    let args = [
+        "--conns",
+        "60",
+        "--max-in-flight",
+        "4",
+        "--connect-timeout",
+        "0.5",
+        "--threads",
+        "1",
+    ];
+    let outcome = run_at("connect", &url, "s", &args);
+    stop.store(true, Ordering::Relaxed);
+    held.join().unwrap();
+    let text = match outcome {
+        Ok(o) => o.summary.to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    // The first window timed out; the other 56 were never tried.
+    assert!(
+        text.contains("60 failed")
+            && text.contains("\"not tried: the first 4 timed out, none answered\": 56")
+            && text.contains("\"timeout: http upgrade\": 4"),
+        "{text}"
+    );
 }
 
 #[test]
