@@ -135,20 +135,28 @@ fn eight_deferred_frames_leave_without_waiting_for_the_deadline() {
         "600000",
     ];
     flags.extend(FAST);
-    let srv = Server::start(&flags);
+    let _joined = joins_reach_observer(&flags, "e", 8);
+}
+
+/// `n` users join room `r` one after another while `obs` is in it; `obs`
+/// gets each one's `user_joined`, in order. The server and clients are
+/// returned alive (a dropped client would send `user_left`).
+fn joins_reach_observer(flags: &[&str], prefix: &str, n: usize) -> (Server, Client, Vec<Client>) {
+    let srv = Server::start(flags);
     let mut obs = client(&srv, "obs");
     join_with(&mut obs, "r", None);
     let mut users = Vec::new();
-    for i in 0..8 {
-        let mut c = client(&srv, &format!("e{i}"));
+    for i in 0..n {
+        let mut c = client(&srv, &format!("{prefix}{i}"));
         join_with(&mut c, "r", None);
         users.push(c);
     }
-    for i in 0..8 {
+    for i in 0..n {
         let v = obs.recv_json();
         assert_eq!(v["type"], "user_joined", "{v}");
-        assert_eq!(v["user"], format!("e{i}"));
+        assert_eq!(v["user"], format!("{prefix}{i}"));
     }
+    (srv, obs, users)
 }
 
 /// Many presence frames to one member, deferred: every one arrives, in
@@ -157,20 +165,7 @@ fn eight_deferred_frames_leave_without_waiting_for_the_deadline() {
 fn every_deferred_presence_frame_arrives() {
     let mut flags = vec!["--presence-flush-ms", "200"];
     flags.extend(FAST);
-    let srv = Server::start(&flags);
-    let mut obs = client(&srv, "obs");
-    join_with(&mut obs, "r", None);
-    let mut users = Vec::new();
-    for i in 0..30 {
-        let mut c = client(&srv, &format!("x{i}"));
-        join_with(&mut c, "r", None);
-        users.push(c);
-    }
-    for i in 0..30 {
-        let v = obs.recv_json();
-        assert_eq!(v["type"], "user_joined", "{v}");
-        assert_eq!(v["user"], format!("x{i}"));
-    }
+    let (_srv, mut obs, _users) = joins_reach_observer(&flags, "x", 30);
     assert_quiet(&mut obs, 100);
 }
 
