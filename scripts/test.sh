@@ -7,7 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-log() { printf '\n== %s\n' "$*"; }
+# Each step says when it started (seconds into the run), so a slow CI run
+# shows where its time went.
+log() { printf '\n== %s (at %ds)\n' "$*" "$SECONDS"; }
+
+# CI builds from scratch once: incremental compilation would only add work.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 
 log "documentation links (scripts/check-docs.sh)"
 scripts/check-docs.sh
